@@ -1,0 +1,113 @@
+"""All configuration in one place: defaults, overridden by RAG_* environment variables.
+
+Every setting is documented in the README's configuration table; keep the two in step.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+
+# Offline by default: these must be set before transformers / chromadb / streamlit import.
+OFFLINE_ENV = {
+    "HF_HUB_OFFLINE": "1",
+    "TRANSFORMERS_OFFLINE": "1",
+    "HF_HUB_DISABLE_TELEMETRY": "1",
+    "ANONYMIZED_TELEMETRY": "False",
+    "TOKENIZERS_PARALLELISM": "false",
+}
+for _key, _value in OFFLINE_ENV.items():
+    os.environ.setdefault(_key, _value)
+
+PACKAGED_EMBED_MODEL = "packaged:multilingual-e5-small"
+SUPPORTED_EXTENSIONS = (".txt", ".md", ".pdf", ".docx", ".html", ".htm")
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+PROMPTS_DIR = PROJECT_ROOT / "prompts"
+
+
+def _env(name: str, default: str) -> str:
+    value = os.environ.get(name, "").strip()
+    return value or default
+
+
+def _default_cache_dir() -> Path:
+    xdg = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(xdg) / "rag"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Resolved settings; build with `Settings.from_env(**overrides)`."""
+
+    docs_dir: Path = Path("seeds")
+    store_dir: Path = Path(".rag")
+    cache_dir: Path = field(default_factory=_default_cache_dir)
+    chroma_url: str | None = None
+    collection: str = "rag_chunks"
+    embed_model: str = PACKAGED_EMBED_MODEL
+    embed_dtype: str = "bfloat16"
+    embed_batch: int = 16
+    chunk_tokens: int = 200
+    chunk_overlap: int = 40
+    max_file_mb: float = 50.0
+    top_k: int = 5
+    llm: str = "local"
+    llm_base_url: str = "http://127.0.0.1:8080/v1"
+    llm_model: str = "qwen2.5-coder-1.5b-instruct"
+    llm_api_key: str = "not-needed"
+    llm_threads: int = field(default_factory=lambda: os.cpu_count() or 2)
+    llm_context: int = 4096
+    llm_max_tokens: int = 384
+    context_tokens: int = 700
+    refusal_threshold: float = 0.0
+    history_turns: int = 6
+    answer_language: str = "auto"
+
+    @classmethod
+    def from_env(cls, **overrides: object) -> Settings:
+        """Defaults, then RAG_* variables, then explicit (non-None) overrides."""
+        base = cls()
+        values: dict[str, object] = {}
+        for f in fields(cls):
+            raw = os.environ.get(env_name(f.name), "").strip()
+            if raw:
+                values[f.name] = _coerce(getattr(base, f.name), raw, f.name)
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        for name in ("docs_dir", "store_dir", "cache_dir"):
+            if name in values:
+                values[name] = Path(str(values[name])).expanduser()
+        return replace(base, **values)  # type: ignore[arg-type]
+
+    @property
+    def max_file_bytes(self) -> int:
+        return int(self.max_file_mb * 1024 * 1024)
+
+
+# The folders keep their short documented names (RAG_DOCS, not RAG_DOCS_DIR).
+_ENV_NAMES = {"docs_dir": "RAG_DOCS", "store_dir": "RAG_STORE", "cache_dir": "RAG_CACHE"}
+
+
+def env_name(setting: str) -> str:
+    """The environment variable that sets `setting`."""
+    return _ENV_NAMES.get(setting, f"RAG_{setting.upper()}")
+
+
+def _coerce(default: object, raw: str, name: str) -> object:
+    try:
+        if isinstance(default, bool):
+            return raw.lower() in ("1", "true", "yes", "on")
+        if isinstance(default, int):
+            return int(raw)
+        if isinstance(default, float):
+            return float(raw)
+        if isinstance(default, Path):
+            return Path(raw)
+    except ValueError as exc:
+        kind = type(default).__name__
+        raise ConfigError(f"{env_name(name)}={raw!r} is not a valid {kind}") from exc
+    return raw
+
+
+class ConfigError(ValueError):
+    """A setting has a value that cannot be used."""
