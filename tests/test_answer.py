@@ -1,0 +1,150 @@
+"""Answer building with a deterministic stand-in embedder (the real one is tested
+end to end in the Q&A regression and the engine tests)."""
+
+from __future__ import annotations
+
+import re
+import zlib
+
+import numpy as np
+
+from rag.answer import (
+    Evidence,
+    build_messages,
+    extractive,
+    ground,
+    is_refusal,
+    prompt_file,
+    refusal_message,
+    stream_hold,
+)
+from rag.records import Chunk, Hit
+
+
+class WordEmbedder:
+    """Bag-of-words vectors: texts sharing words are similar; fully deterministic."""
+
+    dim = 512
+
+    def _vector(self, text: str) -> np.ndarray:
+        vector = np.zeros(self.dim, dtype=np.float32)
+        for word in re.findall(r"\w+", text.lower()):
+            vector[zlib.crc32(word.encode()) % self.dim] += 1.0
+        norm = np.linalg.norm(vector)
+        return vector / norm if norm else vector
+
+    def embed_passages(self, texts: list[str]) -> np.ndarray:
+        return np.stack([self._vector(t) for t in texts]) if texts else np.zeros((0, self.dim))
+
+    def embed_query(self, text: str) -> np.ndarray:
+        return self._vector(text)
+
+
+def make_hit(path: str, text: str, rank: int, first_line: int = 1) -> Hit:
+    rows = text.split("\n")
+    chunk = Chunk(
+        chunk_id=f"id-{rank}",
+        path=path,
+        index=0,
+        text=text,
+        start_char=0,
+        end_char=len(text),
+        first_line=first_line,
+        last_line=first_line + 2 * (len(rows) - 1),
+        language="en",
+        content_hash="h",
+        url=f"https://example.org/{rank}",
+        line_map=tuple(first_line + 2 * i for i in range(len(rows))),
+    )
+    return Hit(chunk=chunk, score=1.0 / rank, rank=rank, dense_score=0.9)
+
+
+HITS = [
+    make_hit("a.txt", "Dong Nai has about 90 innovative startups.\nThe weather was fine.", 1, 10),
+    make_hit("b.txt", "Quang Ninh supports 500 startups. Ho Chi Minh City hosts 140 firms.", 2, 3),
+]
+EMBEDDER = WordEmbedder()
+
+
+def evidence(question: str) -> Evidence:
+    return Evidence(HITS, EMBEDDER.embed_query(question), EMBEDDER)
+
+
+def test_sentences_are_scored_and_ranked_against_the_question() -> None:
+    ranked = evidence("How many startups does Dong Nai have?").ranked()
+    assert ranked[0].text == "Dong Nai has about 90 innovative startups."
+
+
+def test_select_keeps_the_budget_and_numbers_sources_in_retrieval_order() -> None:
+    sources = evidence("startups in Dong Nai and Quang Ninh").select(token_budget=30)
+    assert [s.n for s in sources] == list(range(1, len(sources) + 1))
+    assert sum(len(s.sentences) for s in sources) >= 1
+    assert [s.hit.rank for s in sources] == sorted(s.hit.rank for s in sources)
+    tight = evidence("startups in Dong Nai").select(token_budget=1)
+    assert sum(len(s.sentences) for s in tight) == 1  # the best sentence always fits
+
+
+def test_extractive_quotes_exact_text_with_its_line() -> None:
+    sources = evidence("How many startups does Dong Nai have?").best(1, 0.0)
+    text, citations = extractive(sources, "de")
+    assert text.startswith("Aus den Quellen:")
+    assert citations[0].quote == "Dong Nai has about 90 innovative startups."
+    assert citations[0].quote in HITS[0].chunk.text
+    assert citations[0].lines == (10, 10) and citations[0].url == "https://example.org/1"
+
+
+def test_quote_on_a_later_line_maps_to_that_line() -> None:
+    sources = evidence("weather fine").best(1, 0.0)
+    _, citations = extractive(sources, "en")
+    assert citations[0].quote == "The weather was fine." and citations[0].lines == (12, 12)
+
+
+def test_ground_drops_invented_numbers_and_quotes_the_closest_sentence() -> None:
+    sources = evidence("startups Dong Nai Ho Chi Minh City firms").select(200)
+    n_b = next(s.n for s in sources if s.hit.chunk.path == "b.txt")
+    reply = f"Ho Chi Minh City hosts 140 firms [{n_b}]. Invented fact [7]."
+    grounded = ground(reply, sources, EMBEDDER)
+    assert grounded is not None
+    assert "[7]" not in grounded.text
+    assert [(c.n, c.quote) for c in grounded.citations] == [
+        (n_b, "Ho Chi Minh City hosts 140 firms.")
+    ]
+
+
+def test_ground_attaches_an_uncited_but_supported_reply() -> None:
+    sources = evidence("Dong Nai startups").select(200)
+    grounded = ground("Dong Nai has about 90 innovative startups.", sources, EMBEDDER)
+    assert grounded is not None and grounded.citations
+    assert grounded.citations[0].path == "a.txt"
+    assert re.search(r"\[\d\]$", grounded.text)
+
+
+def test_ground_gives_up_on_an_unsupported_uncited_reply() -> None:
+    sources = evidence("Dong Nai startups").select(200)
+    assert ground("Paris is the capital of France.", sources, EMBEDDER) is None
+
+
+def test_refusals_are_recognised_in_several_languages() -> None:
+    assert is_refusal("NOT_FOUND")
+    assert is_refusal("The sources do not mention this.")
+    assert is_refusal("В источниках нет информации об этом.")
+    assert is_refusal("")
+    assert not is_refusal("Dong Nai has 90 startups [1].")
+    assert refusal_message("ru") != refusal_message("en")
+    assert refusal_message("xx") == refusal_message("en")
+
+
+def test_stream_hold_never_shows_a_refusal_marker() -> None:
+    assert "".join(stream_hold(iter(["NOT", "_FO", "UND"]))) == ""
+    assert "".join(stream_hold(iter(["Dong", " Nai", " has"]))) == "Dong Nai has"
+    assert "".join(stream_hold(iter(["N", "o, it has 90 [1]."]))) == "No, it has 90 [1]."
+
+
+def test_prompt_keeps_the_fixed_part_first_and_names_the_language() -> None:
+    sources = evidence("Dong Nai startups").select(200)
+    messages = build_messages("Wie viele?", sources, "de", previous_question="Dong Nai?")
+    assert messages[0].role == "system"
+    assert messages[0].content == prompt_file("system.txt").strip()
+    assert "[1] (a.txt)" in messages[1].content
+    assert "Answer in German" in messages[1].content
+    assert "Dong Nai?" in messages[1].content

@@ -1,0 +1,45 @@
+"""Settings: defaults, RAG_* variables, explicit overrides, and bad values."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from rag.config import ConfigError, Settings, env_name
+
+
+def test_defaults() -> None:
+    settings = Settings()
+    assert settings.docs_dir == Path("seeds") and settings.store_dir == Path(".rag")
+    assert settings.llm == "local" and settings.chroma_url is None
+
+
+def test_environment_overrides_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RAG_DOCS", "/tmp/my-docs")
+    monkeypatch.setenv("RAG_STORE", "/tmp/my-store")
+    monkeypatch.setenv("RAG_TOP_K", "9")
+    monkeypatch.setenv("RAG_REFUSAL_THRESHOLD", "0.5")
+    monkeypatch.setenv("RAG_LLM", "none")
+    settings = Settings.from_env()
+    assert settings.docs_dir == Path("/tmp/my-docs")
+    assert settings.store_dir == Path("/tmp/my-store")
+    assert (settings.top_k, settings.refusal_threshold, settings.llm) == (9, 0.5, "none")
+
+
+def test_explicit_overrides_win_and_none_is_ignored(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RAG_TOP_K", "9")
+    settings = Settings.from_env(top_k=3, docs_dir=None)
+    assert settings.top_k == 3 and settings.docs_dir == Path("seeds")
+
+
+def test_bad_number_names_the_variable(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RAG_TOP_K", "many")
+    with pytest.raises(ConfigError, match="RAG_TOP_K='many'"):
+        Settings.from_env()
+
+
+def test_folder_variables_have_short_names() -> None:
+    assert env_name("docs_dir") == "RAG_DOCS"
+    assert env_name("store_dir") == "RAG_STORE"
+    assert env_name("llm_base_url") == "RAG_LLM_BASE_URL"
