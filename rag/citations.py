@@ -73,7 +73,7 @@ def cited_numbers(text: str) -> list[int]:
     return list(dict.fromkeys(numbers))
 
 
-_SENTENCE_END = re.compile(r"(?<=[.!?。])(?:\s*(?:[\[【][^\]】]*[\]】]))*\s+|\n+")
+_SENTENCE_END = re.compile(r"(?<=[.!?。])(?:\s*(?:[\[【][^\]】]*[\]】]))*(?:\s+|$)|\n+")
 
 
 def claims(text: str) -> list[Claim]:
@@ -93,4 +93,16 @@ def claims(text: str) -> list[Claim]:
     tail = text[start:].strip()
     if tail:
         result.append(Claim(strip_markers(tail), tuple(cited_numbers(tail))))
-    return [c for c in result if c.text or c.numbers]
+    return _merge_bare_markers(result)
+
+
+def _merge_bare_markers(parts: list[Claim]) -> list[Claim]:
+    """A marker standing alone cites the sentence before it."""
+    merged: list[Claim] = []
+    for claim in parts:
+        if not claim.text and merged:
+            last = merged[-1]
+            merged[-1] = Claim(last.text, tuple(dict.fromkeys(last.numbers + claim.numbers)))
+        elif claim.text or claim.numbers:
+            merged.append(claim)
+    return merged

@@ -63,3 +63,13 @@ def test_claims_keep_decimal_numbers_whole() -> None:
     assert claims("Lam Dong has 3.4 million people [1].") == [
         Claim("Lam Dong has 3.4 million people.", (1,))
     ]
+
+
+def test_markers_after_the_last_full_stop_belong_to_the_last_sentence() -> None:
+    assert claims("Die Stadt hat 140 Firmen. [2] [1]") == [
+        Claim("Die Stadt hat 140 Firmen.", (2, 1))
+    ]
+
+
+def test_a_bare_marker_line_cites_the_sentence_before_it() -> None:
+    assert claims("Hanoi hosted it.\n[3]") == [Claim("Hanoi hosted it.", (3,))]
