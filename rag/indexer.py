@@ -212,8 +212,10 @@ class Indexer:
         vectors = self.embedder.embed_passages([c.text for c in chunks])
         new_ids = {c.chunk_id for c in chunks}
         stale = {i for doc, _ in group if doc.path in known for i in known[doc.path].chunk_ids}
-        self.store.delete(stale - new_ids)
+        # New version first, then the old one out: a query from another process in
+        # between finds the file (in one version or both), never neither.
         self.store.upsert(chunks, vectors)
+        self.store.delete(stale - new_ids)
         manifest.mark_done(
             [
                 (doc.path, doc.content_hash, [c.chunk_id for c in cs], doc.language, doc.url or "")

@@ -10,8 +10,10 @@ leaves enough to remove every chunk it may have written (no orphan, no duplicate
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import sqlite3
+import threading
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -53,8 +55,13 @@ class Manifest:
 
     def __init__(self, path: Path) -> None:
         self.path = path
+        # One engine serves several threads (each Streamlit session runs its script in
+        # its own thread), so the connection is shared and every use holds this lock.
+        self._lock = threading.RLock()
         try:
-            self.db = sqlite3.connect(path, timeout=30, isolation_level=None)
+            self.db = sqlite3.connect(
+                path, timeout=30, isolation_level=None, check_same_thread=False
+            )
             self.db.execute("PRAGMA journal_mode=WAL")
             self.db.execute("PRAGMA synchronous=FULL")
             self._create()
@@ -82,20 +89,23 @@ class Manifest:
         )
 
     def close(self) -> None:
-        self.db.close()
+        with self._lock:
+            self.db.close()
 
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
-        self.db.execute("BEGIN IMMEDIATE")
-        try:
-            yield self.db
-        except BaseException:
-            self.db.execute("ROLLBACK")
-            raise
-        self.db.execute("COMMIT")
+        with self._lock:
+            self.db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self.db
+            except BaseException:
+                self.db.execute("ROLLBACK")
+                raise
+            self.db.execute("COMMIT")
 
     def get_meta(self, key: str) -> str | None:
-        row = self.db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        with self._lock:
+            row = self.db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
         return row[0] if row else None
 
     def set_meta(self, values: dict[str, str]) -> None:
@@ -107,10 +117,11 @@ class Manifest:
             )
 
     def files(self) -> dict[str, FileRecord]:
-        rows = self.db.execute(
-            "SELECT path, content_hash, chunk_ids, state, pending_ids, language, url, indexed_at "
-            "FROM files ORDER BY path"
-        ).fetchall()
+        with self._lock:
+            rows = self.db.execute(
+                "SELECT path, content_hash, chunk_ids, state, pending_ids, language, url, "
+                "indexed_at FROM files ORDER BY path"
+            ).fetchall()
         return {row[0]: _record(row) for row in rows}
 
     def chunk_count(self) -> int:
@@ -156,9 +167,12 @@ class Manifest:
             self._bump_generation(db)
 
     def _bump_generation(self, db: sqlite3.Connection) -> None:
+        # A new manifest (after --rebuild) starts from the clock in milliseconds, not 1,
+        # so it never repeats a generation that caches keyed on it saw before.
         db.execute(
-            "INSERT INTO meta(key, value) VALUES('generation', '1') ON CONFLICT(key) "
-            "DO UPDATE SET value = CAST(CAST(value AS INTEGER) + 1 AS TEXT)"
+            "INSERT INTO meta(key, value) VALUES('generation', ?) ON CONFLICT(key) "
+            "DO UPDATE SET value = CAST(CAST(value AS INTEGER) + 1 AS TEXT)",
+            (str(time.time_ns() // 1_000_000),),
         )
         db.execute(
             "INSERT INTO meta(key, value) VALUES('last_indexed', ?) ON CONFLICT(key) "
@@ -184,11 +198,24 @@ def _record(row: tuple[Any, ...]) -> FileRecord:
 
 
 def open_chroma_client(settings: Settings) -> Any:
-    """An embedded persistent Chroma, or a Chroma server when RAG_CHROMA_URL is set."""
-    import chromadb
+    """An embedded persistent Chroma, or a Chroma server when RAG_CHROMA_URL is set.
+
+    An embedded client gets a Chroma "System" of its own (see `_private_client`); use it
+    under the store's `AccessLock` only.
+    """
+    return _connect(settings)[0]
+
+
+def _chroma_settings() -> Any:
     from chromadb.config import Settings as ChromaSettings
 
-    chroma_settings = ChromaSettings(anonymized_telemetry=False, allow_reset=False)
+    return ChromaSettings(anonymized_telemetry=False, allow_reset=False)
+
+
+def _connect(settings: Settings) -> tuple[Any, Any]:
+    """(client, its private System or None for a server)."""
+    import chromadb
+
     if settings.chroma_url:
         url = urlparse(settings.chroma_url)
         if not url.hostname:
@@ -198,19 +225,16 @@ def open_chroma_client(settings: Settings) -> Any:
                 host=url.hostname,
                 port=url.port or (443 if url.scheme == "https" else 8000),
                 ssl=url.scheme == "https",
-                settings=chroma_settings,
+                settings=_chroma_settings(),
             )
             client.heartbeat()
         except Exception as exc:  # chromadb raises several kinds; all mean "unreachable"
-            raise StoreError(
-                f"cannot reach the Chroma server at {settings.chroma_url} ({_one_line(exc)}); "
-                "start it (`chroma run --path DIR`) or unset RAG_CHROMA_URL"
-            ) from exc
-        return client
+            raise StoreError(_unreachable(settings.chroma_url, exc)) from exc
+        return client, None
     path = settings.store_dir / CHROMA_DIR_NAME
     path.mkdir(parents=True, exist_ok=True)
     try:
-        return chromadb.PersistentClient(path=str(path), settings=chroma_settings)
+        return _private_client(path)
     except Exception as exc:
         raise StoreError(
             f"the Chroma store in {path} cannot be opened ({_one_line(exc)}); "
@@ -221,6 +245,133 @@ def open_chroma_client(settings: Settings) -> Any:
 def _one_line(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     return (text[0] if text else type(exc).__name__)[:200]
+
+
+def _unreachable(url: str, exc: BaseException) -> str:
+    return (
+        f"cannot reach the Chroma server at {url} ({_one_line(exc)}); "
+        "start it (`chroma run --path DIR`) or unset RAG_CHROMA_URL"
+    )
+
+
+_SYSTEMS_LOCK = threading.Lock()
+
+
+def _private_client(path: Path) -> tuple[Any, Any]:
+    """A PersistentClient whose Chroma System no other client shares.
+
+    chromadb keeps one System per folder and process (SharedSystemClient), and a loaded
+    System never sees vectors that another process wrote later: its queries keep
+    answering from the index as it was when loaded (tests/test_watch.py checks this).
+    So every Store loads the folder afresh in a System of its own, taken out of that
+    cache, which also means no other client in this process can close it under us.
+    """
+    import chromadb
+    from chromadb.api.shared_system_client import SharedSystemClient as Shared
+
+    key = str(path)
+    with _SYSTEMS_LOCK:
+        Shared._identifier_to_system.pop(key, None)
+        Shared._identifier_to_refcount.pop(key, None)
+        try:
+            client = chromadb.PersistentClient(path=key, settings=_chroma_settings())
+        finally:
+            system = Shared._identifier_to_system.pop(key, None)
+            Shared._identifier_to_refcount.pop(key, None)
+    return client, system
+
+
+def _stop(system: Any) -> None:
+    if system is not None:
+        with contextlib.suppress(Exception):  # already stopped
+            system.stop()
+
+
+ACCESS_LOCK_NAME = "chroma.lock"
+
+
+class AccessLock:
+    """Serializes every use of an embedded Chroma folder, across threads and processes.
+
+    Chroma's embedded store is not safe for several processes: a System that loads the
+    vector index while another process writes it fails ("Failed to apply logs to the
+    hnsw segment writer") or crashes the process (a segmentation fault, seen with an
+    indexer writing and a second process opening and querying). Each call into Chroma
+    is short, so every one of them takes this lock (an exclusive flock, released by the
+    kernel when a process dies) and a reader waits at most one write batch.
+    """
+
+    def __init__(self, store_dir: Path, wait_seconds: float) -> None:
+        store_dir.mkdir(parents=True, exist_ok=True)
+        self._handle = open(store_dir / ACCESS_LOCK_NAME, "a+")  # noqa: SIM115 (held open)
+        self._threads = threading.RLock()  # flock does not exclude threads sharing the fd
+        self._depth = 0
+        self._wait = wait_seconds
+        self.path = store_dir / ACCESS_LOCK_NAME
+
+    def __enter__(self) -> None:
+        self._threads.acquire()
+        try:
+            if self._depth == 0:
+                self._flock()
+        except BaseException:
+            self._threads.release()
+            raise
+        self._depth += 1
+
+    def __exit__(self, *exc: object) -> None:
+        self._depth -= 1
+        if self._depth == 0:
+            fcntl.flock(self._handle, fcntl.LOCK_UN)
+        self._threads.release()
+
+    def _flock(self) -> None:
+        deadline = time.monotonic() + self._wait
+        while True:
+            try:
+                fcntl.flock(self._handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    raise StoreError(
+                        f"the store {self.path.parent} is busy (another process holds "
+                        f"{self.path.name}); try again"
+                    ) from None
+                time.sleep(0.005)
+
+    def close(self) -> None:
+        self._handle.close()
+
+
+class _NoLock:
+    """A Chroma server serializes its own clients."""
+
+    def __enter__(self) -> None:
+        pass
+
+    def __exit__(self, *exc: object) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+class _Collection:
+    """The Store's Chroma collection: each call under the access lock, retried once.
+
+    A call that fails is retried once on a fresh connection (a restarted Chroma server,
+    a System closed by Store.close while a query was still running); if that fails too,
+    the error becomes a one-line StoreError.
+    """
+
+    def __init__(self, store: Store) -> None:
+        self._store = store
+
+    def __getattr__(self, name: str) -> Any:
+        attribute = getattr(self._store._collection, name)
+        if not callable(attribute):
+            return attribute
+        return lambda *args, **kwargs: self._store._call(name, args, kwargs)
 
 
 class Store:
@@ -238,9 +389,23 @@ class Store:
             self._check_folder()
         self.dir.mkdir(parents=True, exist_ok=True)
         self.manifest = Manifest(self.dir / MANIFEST_NAME)
-        self._check_identity(self.manifest.get_meta("embed_model"))
-        self.client = open_chroma_client(settings)
-        self.collection = self._open_collection(create)
+        # Read before Chroma is loaded: a change in between shows as not current.
+        self._opened_generation = self.manifest.generation()
+        self._manifest_file = _file_identity(self.dir / MANIFEST_NAME)
+        self._system: Any = None
+        self._access: AccessLock | _NoLock = _NoLock()
+        try:
+            self._check_identity(self.manifest.get_meta("embed_model"))
+            if not settings.chroma_url:
+                self._access = AccessLock(self.dir, settings.lock_wait)
+            with self._access:
+                self.client, self._system = _connect(settings)
+                self._collection = self._open_collection(create)
+        except BaseException:
+            self.close()
+            raise
+        # Everything else goes through this wrapper (rag.retrieve uses it too).
+        self.collection: Any = _Collection(self)
 
     @property
     def location(self) -> str:
@@ -256,7 +421,7 @@ class Store:
             raise StoreError(f"the store path {self.dir} is not a folder")
         ours = {MANIFEST_NAME, f"{MANIFEST_NAME}-wal", f"{MANIFEST_NAME}-shm", CHROMA_DIR_NAME}
         names = {p.name for p in self.dir.iterdir()}
-        if names and not names & ours and not names <= {"index.lock"}:
+        if names and not names & ours and not names <= {"index.lock", ACCESS_LOCK_NAME}:
             raise StoreError(
                 f"{self.dir} holds files that are not a rag store; choose another --store "
                 "or run `rag index --rebuild` to replace it"
@@ -292,7 +457,68 @@ class Store:
         return collection
 
     def close(self) -> None:
-        self.manifest.close()
+        """Release the manifest, the Chroma System and the lock (idempotent)."""
+        if hasattr(self, "manifest"):
+            self.manifest.close()
+        _stop(self._system)
+        self._system = None
+        self._access.close()
+
+    def freshness(self) -> tuple[int, tuple[int, int] | None]:
+        """Changes when any process changes the index: (generation, manifest file).
+
+        The file identity catches a `--rebuild` elsewhere, which deletes the manifest
+        and starts a new one whose generation may equal the old one.
+        """
+        return self.manifest.generation(), _file_identity(self.dir / MANIFEST_NAME)
+
+    def is_current(self) -> bool:
+        """False once another process changed the index after this Store was opened."""
+        try:
+            return self.freshness() == (self._opened_generation, self._manifest_file)
+        except sqlite3.Error:  # the manifest was replaced or damaged: re-open to find out
+            return False
+
+    def _call(self, name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        with self._access:
+            try:
+                return getattr(self._collection, name)(*args, **kwargs)
+            except UserError:
+                raise
+            except Exception:
+                pass  # one retry on a fresh connection, below
+            try:
+                self._reconnect()
+                return getattr(self._collection, name)(*args, **kwargs)
+            except UserError:
+                raise
+            except Exception as exc:
+                raise StoreError(self._failure(exc)) from exc
+
+    def _reconnect(self) -> None:
+        old = self._system
+        self.client, self._system = _connect(self.settings)
+        _stop(old)
+        try:
+            self._collection = self.client.get_collection(
+                self.settings.collection, embedding_function=None
+            )
+        except Exception as exc:
+            raise StoreError(
+                f"the Chroma collection {self.settings.collection!r} is gone "
+                f"({_one_line(exc)}); run `rag index`"
+            ) from exc
+
+    def _failure(self, exc: BaseException) -> str:
+        if self.settings.chroma_url:
+            return (
+                f"the Chroma server at {self.settings.chroma_url} failed ({_one_line(exc)}); "
+                "check that it is running (`chroma run --path DIR`), then try again"
+            )
+        return (
+            f"the Chroma store in {self.dir / CHROMA_DIR_NAME} failed ({_one_line(exc)}); "
+            "if this persists, run `rag index --rebuild`"
+        )
 
     # --- writes -----------------------------------------------------------------
     def upsert(self, chunks: Sequence[Chunk], embeddings: np.ndarray) -> None:
@@ -338,17 +564,39 @@ class Store:
                 return chunks
             offset += len(got["ids"])
 
-    def query(self, embedding: np.ndarray, k: int) -> list[tuple[Chunk, float]]:
-        """The k nearest chunks with their cosine similarity."""
+    def language_centroids(self) -> dict[str, tuple[np.ndarray, int]]:
+        """The mean embedding of each language's chunks, and how many there are."""
+        sums: dict[str, np.ndarray] = {}
+        counts: dict[str, int] = {}
+        offset = 0
+        while True:
+            got = self.collection.get(
+                include=["embeddings", "metadatas"], limit=5000, offset=offset
+            )
+            for vector, meta in zip(got["embeddings"], got["metadatas"], strict=True):
+                language = str((meta or {}).get("language") or "und")
+                sums[language] = sums.get(language, 0) + np.asarray(vector, dtype=np.float32)
+                counts[language] = counts.get(language, 0) + 1
+            if len(got["ids"]) < 5000:
+                return {lang: (sums[lang] / counts[lang], counts[lang]) for lang in sums}
+            offset += len(got["ids"])
+
+    def query(
+        self, embedding: np.ndarray, k: int, where: dict[str, str] | None = None
+    ) -> list[tuple[Chunk, float]]:
+        """The k nearest chunks (matching `where`) with their cosine similarity."""
         if k <= 0:
             return []
         result = self.collection.query(
             query_embeddings=[embedding.astype(np.float32)],
             n_results=k,
+            where=where,
             include=["documents", "metadatas", "distances"],
         )
+        # A System loaded before another process deleted chunks may still find them in
+        # its vector index; their rows are gone (no metadata), so they are left out.
         return [
-            (Chunk.from_store(i, d or "", m or {}), 1.0 - float(dist))
+            (Chunk.from_store(i, d or "", m), 1.0 - float(dist))
             for i, d, m, dist in zip(
                 result["ids"][0],
                 result["documents"][0],
@@ -356,6 +604,7 @@ class Store:
                 result["distances"][0],
                 strict=True,
             )
+            if m
         ]
 
 
@@ -363,26 +612,47 @@ def remove_store(settings: Settings) -> None:
     """Delete the store (for --rebuild): the collection, then the manifest.
 
     The collection is dropped through the client rather than by deleting its folder,
-    because Chroma caches one client per folder in-process; only an embedded store
-    that cannot even be opened is removed from disk.
+    so that other Systems still open on the folder keep working files; only an
+    embedded store that cannot even be opened is removed from disk (the `chroma`
+    folder, which is ours, and nothing else in the store folder).
     """
     if settings.chroma_url:
         client = open_chroma_client(settings)  # unreachable: StoreError, nothing deleted
         with contextlib.suppress(Exception):  # an absent collection is fine
             client.delete_collection(settings.collection)
     else:
+        access = AccessLock(settings.store_dir, settings.lock_wait)
         try:
-            open_chroma_client(settings).delete_collection(settings.collection)
-        except Exception:  # absent or damaged: remove what is on disk
-            _remove_embedded_chroma(settings.store_dir / CHROMA_DIR_NAME)
+            with access:
+                _drop_embedded(settings)
+        finally:
+            access.close()
     for name in (MANIFEST_NAME, f"{MANIFEST_NAME}-wal", f"{MANIFEST_NAME}-shm"):
         (settings.store_dir / name).unlink(missing_ok=True)
 
 
-def _remove_embedded_chroma(path: Path) -> None:
+def _drop_embedded(settings: Settings) -> None:
     import shutil
 
-    from chromadb.api.client import SharedSystemClient
+    from chromadb.errors import NotFoundError
 
-    SharedSystemClient.clear_system_cache()
-    shutil.rmtree(path, ignore_errors=True)
+    system = None
+    try:
+        client, system = _private_client(settings.store_dir / CHROMA_DIR_NAME)
+        client.delete_collection(settings.collection)
+    except NotFoundError:
+        pass  # nothing indexed yet; other collections in the folder stay
+    except Exception:  # damaged: remove what is on disk
+        _stop(system)
+        system = None
+        shutil.rmtree(settings.store_dir / CHROMA_DIR_NAME, ignore_errors=True)
+    finally:
+        _stop(system)
+
+
+def _file_identity(path: Path) -> tuple[int, int] | None:
+    try:
+        info = path.stat()
+    except OSError:
+        return None
+    return info.st_dev, info.st_ino
