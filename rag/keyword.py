@@ -15,20 +15,26 @@ stemmers is not counted three times).
 
 Which words count. In this corpus most questions are asked in another language than
 the article that answers them, and measured on tests/qa/golden.jsonl, letting common
-words match ("in", "die", "провинции") made hybrid retrieval worse than dense alone:
-any match puts a chunk on the keyword list, and reciprocal rank fusion rewards being
-on both lists whatever the score. So a chunk is scored only on the question's
-*language-neutral* terms (names, acronyms, numbers, codes: the things embeddings
-blur) plus, for chunks in the question's own language, its rare words.
+words match ("in", "die", "провинции") made hybrid retrieval worse than dense alone
+(hit@1 33 vs 40 of 60): any match puts a chunk on the keyword list, and reciprocal
+rank fusion rewards being on both lists whatever the score. Even rare words of the
+question's own language (in at most 2 % of the chunks) cost two answers: they find
+the article in the question's language, not the one that answers. So only the
+question's *language-neutral* terms count: names, acronyms, numbers and codes, the
+things embeddings blur. A name is a capitalized word inside a sentence (or a sentence
+of such words, "Pham Quang Hieu"), unless the English stemmer shortens it: English
+Title Case ("Ministry of Science") is no name. German capitalizes every noun, so
+there a capitalized word counts only if the index has it in another language too.
 """
 
 from __future__ import annotations
 
 import re
+import threading
 import unicodedata
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -52,6 +58,10 @@ CYRILLIC_STEMMERS = frozenset({"russian"})
 # Stemming languages when the question's language cannot be detected.
 FALLBACK_QUERY_LANGUAGES = ("en", "de", "ru", "no")
 BIGRAM_LANGUAGES = frozenset({"vi"})
+# German capitalizes every noun: in a German question a capitalized word counts as a
+# name only if the index has it in a chunk of another language ("Nguyen", not
+# "Unternehmen").
+NOUN_CAPITALIZING = frozenset({"de"})
 # A token in more than this fraction of the chunks is a stopword of the corpus and is
 # ignored (only in indexes of at least MIN_DF_CHUNKS chunks, where fractions mean
 # something). Such a token is weak evidence (idf < 1.8), but fusion only sees ranks: a
@@ -59,17 +69,15 @@ BIGRAM_LANGUAGES = frozenset({"vi"})
 # chunks) cost two questions their answer at 0.2; 0.15 keeps them.
 MAX_DF_FRACTION = 0.15
 MIN_DF_CHUNKS = 20
-# A word that is no name counts (in chunks of the question's language) only when it is
-# in at most this fraction of the chunks (and in at least one chunk is always allowed).
-# 5 % already let same-language chunks crowd out the answer on the golden set.
-RARE_FRACTION = 0.02
 UNDETERMINED = "und"
 
 _WORD = re.compile(r"\w+")
+# Possessive quantifiers (++): without them a failed match backtracks through every
+# shorter prefix of every word, which made these two regexes half of indexing time.
 # "57-NQ/TW", "12/12/2025", "COVID-19": indexed whole besides their parts.
-_CODE = re.compile(r"\w+(?:[-/]\w+)+")
+_CODE = re.compile(r"\b\w++(?:[-/]\w++)+")
 # Decimals ("1,6", "1.6") and grouped thousands ("24 000", "24.000", "24,000").
-_NUMBER = re.compile(r"\d+(?:[.,]\d+)+|\d{1,3}(?:[ \u00a0\u202f]\d{3})+(?!\d)")
+_NUMBER = re.compile(r"(?<!\d)(?:\d++(?:[.,]\d++)+|\d{1,3}+(?:[ \u00a0\u202f]\d{3})+(?!\d))")
 _THOUSANDS = re.compile(r"\d{1,3}(?:[., \u00a0\u202f]\d{3})+")
 _CYRILLIC = re.compile(r"[\u0400-\u04ff]")
 # After these a capital letter says nothing about a name.
@@ -82,10 +90,14 @@ _ABBREVIATION_CHARS = 3
 
 
 class _Stemmers:
-    """PyStemmer objects and per-language word -> token caches (words repeat a lot)."""
+    """PyStemmer objects and per-language word -> token caches (words repeat a lot).
+
+    PyStemmer objects must not be shared between threads (the UI searches from
+    several), so each thread gets its own; the caches are plain dicts, safe to share.
+    """
 
     def __init__(self) -> None:
-        self._stemmers: dict[str, object] = {}
+        self._local = threading.local()
         self._cache: dict[str | None, dict[str, str]] = {}
 
     def token(self, word: str, algorithm: str | None) -> str:
@@ -93,21 +105,27 @@ class _Stemmers:
         cache = self._cache.setdefault(algorithm, {})
         token = cache.get(word)
         if token is None:
-            token = fold(self._stem(word, algorithm))
-            cache[word] = token
+            token = cache[word] = fold(self._stem(word, algorithm))
         return token
+
+    def tokens(self, words: Iterable[str], algorithm: str | None) -> list[str]:
+        """`token` for many words; the cache hit (nearly every word) stays inline."""
+        cache = self._cache.setdefault(algorithm, {})
+        get = cache.get
+        return [get(w) or self.token(w, algorithm) for w in words]
 
     def _stem(self, word: str, algorithm: str | None) -> str:
         if algorithm is None or not word.isalpha():
             return word  # numbers and codes ("l2pro") are not words to stem
         if (algorithm in CYRILLIC_STEMMERS) != bool(_CYRILLIC.match(word)):
             return word  # a Latin word in a Russian text is not Russian, and vice versa
-        stemmer = self._stemmers.get(algorithm)
+        stemmers: dict[str, Any] = self._local.__dict__.setdefault("stemmers", {})
+        stemmer = stemmers.get(algorithm)
         if stemmer is None:
             import Stemmer  # PyStemmer
 
-            stemmer = self._stemmers[algorithm] = Stemmer.Stemmer(algorithm)
-        return stemmer.stemWord(word)  # type: ignore[attr-defined]
+            stemmer = stemmers[algorithm] = Stemmer.Stemmer(algorithm)
+        return str(stemmer.stemWord(word))
 
 
 _STEMMERS = _Stemmers()
@@ -168,7 +186,7 @@ def document_tokens(text: str, language: str) -> list[str]:
     algorithm = stemmer_for(language)
     matches = list(_WORD.finditer(text))
     words = [m.group() for m in matches]
-    tokens = [_STEMMERS.token(word, algorithm) for word in words]
+    tokens = _STEMMERS.tokens(words, algorithm)
     tokens.extend(_extra_tokens(text))
     if language in BIGRAM_LANGUAGES:
         tokens.extend(_bigrams(words, _adjacent(matches, text)))
@@ -180,11 +198,13 @@ class QueryTerm:
     """A query word (or code, number, bigram) and its alternative tokens.
 
     `neutral` terms can match chunks in any language: numbers, codes, acronyms and
-    names.
+    names. `capitalized` marks a neutral word that is only a name by its capital: in
+    a German question that says little (every noun has one), see KeywordIndex.
     """
 
     variants: frozenset[str]
     neutral: bool
+    capitalized: bool = False
 
 
 def _starts_sentence(text: str, start: int) -> bool:
@@ -210,14 +230,38 @@ def _is_english_word(word: str) -> bool:
     return stem not in (fold(lower), fold(lower.removesuffix("s")))
 
 
-def _is_neutral(text: str, match: re.Match[str]) -> bool:
-    """Words with digits, acronyms, and names (capitalized inside a sentence)."""
+def _is_neutral(text: str, match: re.Match[str]) -> bool | None:
+    """Words with digits, acronyms, and names (capitalized inside a sentence); None for
+    a capitalized first word of a sentence, which may or may not be a name."""
     word = match.group()
-    if any(ch.isdigit() for ch in word) or (len(word) > 1 and word.isupper()):
+    if _is_code(word):
         return True
-    if not word[0].isupper() or _starts_sentence(text, match.start()):
+    if not word[0].isupper():
         return False
+    if _starts_sentence(text, match.start()):
+        return None
     return bool(_CYRILLIC.match(word)) or not _is_english_word(word)
+
+
+def _is_code(word: str) -> bool:
+    return any(ch.isdigit() for ch in word) or (len(word) > 1 and word.isupper())
+
+
+def _neutral_words(text: str, matches: Sequence[re.Match[str]]) -> list[bool]:
+    """`_is_neutral` of each word; a capitalized first word counts as a name only in a
+    sentence of names ("Pham Quang Hieu", "Marvell?"), not before one ("Почему
+    Япония ...", "Which Korean ...")."""
+    flags = [_is_neutral(text, m) for m in matches]
+    sentence: list[int] = []
+    for i in range(len(matches) + 1):
+        if i == len(matches) or (sentence and _starts_sentence(text, matches[i].start())):
+            all_names = all(flags[j] is not False for j in sentence)
+            for j in sentence:
+                flags[j] = bool(flags[j]) or (flags[j] is None and all_names)
+            sentence = []
+        if i < len(matches):
+            sentence.append(i)
+    return [bool(flag) for flag in flags]
 
 
 def query_terms(text: str, languages: Iterable[str]) -> list[QueryTerm]:
@@ -231,23 +275,37 @@ def query_terms(text: str, languages: Iterable[str]) -> list[QueryTerm]:
     algorithms = sorted({a for a in map(stemmer_for, languages) if a is not None})
     matches = list(_WORD.finditer(text))
     words = [m.group().lower() for m in matches]
-    neutral = [_is_neutral(text, m) for m in matches]
-    terms: dict[frozenset[str], bool] = {}  # insertion-ordered: deterministic
+    neutral = _neutral_words(text, matches)
+    terms: dict[frozenset[str], tuple[bool, bool]] = {}  # insertion-ordered
 
-    def add(variants: Iterable[str], is_neutral: bool) -> None:
+    def add(variants: Iterable[str], is_neutral: bool, capitalized: bool = False) -> None:
         key = frozenset(variants)
-        terms[key] = terms.get(key, False) or is_neutral
+        was_neutral, was_capitalized = terms.get(key, (False, True))
+        if is_neutral and not was_neutral:
+            terms[key] = (True, capitalized)
+        elif is_neutral:
+            terms[key] = (True, capitalized and was_capitalized)
+        else:
+            terms.setdefault(key, (False, False))
 
-    for word, is_neutral in zip(words, neutral, strict=True):
+    for match, word, is_neutral in zip(matches, words, neutral, strict=True):
         stems = [_STEMMERS.token(word, a) for a in algorithms]
-        add([_STEMMERS.token(word, None), *stems], is_neutral)
+        add([_STEMMERS.token(word, None), *stems], is_neutral, not _is_code(match.group()))
     for token in _extra_tokens(text.lower()):
         add([token], True)
     if BIGRAM_LANGUAGES & languages:
         pairs = list(_adjacent(matches, text))
         for (first, second), token in zip(pairs, _bigrams(words, pairs), strict=True):
-            add([token], neutral[first] and neutral[second])
-    return [QueryTerm(variants, is_neutral) for variants, is_neutral in terms.items()]
+            add([token], neutral[first] and neutral[second], True)
+    return [QueryTerm(variants, *flags) for variants, flags in terms.items()]
+
+
+def neutral_share(text: str) -> float:
+    """Fraction of the words of `text` that are names, numbers, codes or acronyms:
+    1.0 for a lookup such as "L2Pro" or "233", small for a question in words."""
+    text = unicodedata.normalize("NFC", text)
+    matches = list(_WORD.finditer(text))
+    return sum(_neutral_words(text, matches)) / len(matches) if matches else 0.0
 
 
 # --------------------------------------------------------------------------- the index
@@ -271,12 +329,11 @@ class KeywordIndex:
         chunk_languages = [canonical_language(c.language) for c in self.chunks]
         self.languages = frozenset(chunk_languages)
         self._chunk_languages = np.array(chunk_languages, dtype=object)
-        self._bm25 = _build_bm25(self.chunks) if self.chunks else None
+        self._bm25 = _build_bm25(self.chunks)
         indptr = self._bm25.scores["indptr"] if self._bm25 is not None else np.zeros(1)
         self._df = np.diff(indptr)  # chunks holding each token id
         many = len(self.chunks) >= MIN_DF_CHUNKS
         self._max_df = MAX_DF_FRACTION * len(self.chunks) if many else np.inf
-        self._rare_df = max(1.0, RARE_FRACTION * len(self.chunks))
 
     def __len__(self) -> int:
         return len(self.chunks)
@@ -288,50 +345,64 @@ class KeywordIndex:
         return set(self.languages) | {language}
 
     def scores(self, query: str, language: str | None = None) -> np.ndarray:
-        """BM25 score of every chunk for `query` (0 where nothing matches).
-
-        Neutral terms count in every chunk; other words only when rare, and only in
-        chunks in the question's `language` (detected when not given; when it cannot
-        be, every chunk is taken to be in it).
-        """
-        anywhere = np.zeros(len(self.chunks), dtype=np.float32)
+        """BM25 score of every chunk on the question's language-neutral terms (0 where
+        none matches); `language` is the question's, detected when not given."""
+        total = np.zeros(len(self.chunks), dtype=np.float32)
         if self._bm25 is None:
-            return anywhere
+            return total
         language = canonical_language(language or _query_language(query))
-        same_language = np.zeros_like(anywhere)
         for term in query_terms(query, self.stem_languages(language)):
-            ids = self._token_ids(term)
-            if not ids:
-                continue
-            if term.neutral:
-                anywhere += self._best_of(ids)
-            elif int(self._df[ids].max()) <= self._rare_df:
-                same_language += self._best_of(ids)
-        if language != UNDETERMINED:
-            same_language *= self._chunk_languages == language
-        return anywhere + same_language
+            ids = self._token_ids(term) if term.neutral else []
+            if ids and self._is_name_here(term, ids, language):
+                total += self._best_of(ids)
+        return total
+
+    def _is_name_here(self, term: QueryTerm, ids: list[int], language: str) -> bool:
+        """A word capitalized in a German question is a name only if some chunk in
+        another language has it ("Nguyen", not "Unternehmen"); in an index all in the
+        question's language there is no other language to mislead it towards."""
+        if not term.capitalized or language not in NOUN_CAPITALIZING:
+            return True
+        if self.languages == {language}:
+            return True
+        matrix = self._bm25.scores  # type: ignore[union-attr]
+        rows, starts = matrix["indices"], matrix["indptr"]
+        return any(
+            bool(np.any(self._chunk_languages[rows[starts[i] : starts[i + 1]]] != language))
+            for i in ids
+        )
 
     def search(self, query: str, k: int, language: str | None = None) -> list[tuple[int, float]]:
         """The k best (chunk position, BM25 score), best first; only chunks scoring > 0."""
         return top_k(self.scores(query, language), k)
 
     def _token_ids(self, term: QueryTerm) -> list[int]:
-        """Ids of the term's variants that are in the index and not corpus stopwords;
-        variants that are not in the vocabulary are simply left out."""
+        """Ids of the term's variants that are in the index (others are left out); none
+        when one of them is a corpus stopword: "Vietnams" means what "Vietnam" does."""
         vocab: dict[str, int] = self._bm25.vocab_dict  # type: ignore[union-attr]
         ids = sorted(vocab[t] for t in term.variants if t in vocab)
-        return [i for i in ids if self._df[i] <= self._max_df]
+        return [] if any(self._df[i] > self._max_df for i in ids) else ids
 
     def _best_of(self, ids: list[int]) -> np.ndarray:
-        """Per chunk, the best BM25 score of any one of these token ids."""
+        """Per chunk, the best BM25 score of any one of these token ids.
+
+        Read straight from bm25s's precomputed score matrix (CSC: one column of
+        (chunk, score) pairs per token, `BM25.scores`): its own get_scores_from_ids
+        sums with np.add.at, several times slower at 10,000 chunks. A column holds
+        each chunk once, so plain fancy indexing is exact.
+        """
         assert self._bm25 is not None
-        best = self._bm25.get_scores_from_ids([ids[0]])
-        for token_id in ids[1:]:
-            np.maximum(best, self._bm25.get_scores_from_ids([token_id]), out=best)
+        matrix = self._bm25.scores
+        data, rows, starts = matrix["data"], matrix["indices"], matrix["indptr"]
+        best = np.zeros(len(self.chunks), dtype=np.float32)
+        for token_id in ids:
+            span = slice(starts[token_id], starts[token_id + 1])
+            best[rows[span]] = np.maximum(best[rows[span]], data[span])
         return best
 
 
-def _build_bm25(chunks: Sequence[Chunk]) -> bm25s.BM25:
+def _build_bm25(chunks: Sequence[Chunk]) -> bm25s.BM25 | None:
+    """The BM25 index, or None when there is not a single token to index."""
     import bm25s
 
     # Token ids are assigned here in one pass and handed to bm25s as (ids, vocabulary):
@@ -341,8 +412,8 @@ def _build_bm25(chunks: Sequence[Chunk]) -> bm25s.BM25:
         [vocab.setdefault(t, len(vocab)) for t in document_tokens(c.text, c.language)]
         for c in chunks
     ]
-    if not vocab:  # only empty chunks: bm25s needs one token to build
-        vocab[""] = 0
+    if not vocab:
+        return None
     bm25 = bm25s.BM25()
     bm25.index((corpus_ids, vocab), create_empty_token=False, show_progress=False)
     return bm25
