@@ -11,6 +11,8 @@ source closest to the claim, so the quote is verbatim text of the file.
 from __future__ import annotations
 
 import json
+import threading
+from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import cache
@@ -100,6 +102,39 @@ class Source:
         )
 
 
+class SentenceVectors:
+    """Embeddings of evidence sentences, remembered across questions.
+
+    The same chunks come back for many questions, and embedding their sentences is
+    the main cost of an answer without an LLM, so each sentence is embedded once per
+    process (bounded; the oldest are forgotten first).
+    """
+
+    def __init__(self, capacity: int = 50_000) -> None:
+        self.capacity = capacity
+        self._vectors: OrderedDict[tuple[int, str], np.ndarray] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def embed(self, embedder: Embeds, texts: list[str]) -> list[np.ndarray]:
+        keys = [(id(embedder), text) for text in texts]
+        with self._lock:
+            missing = list(dict.fromkeys(k for k in keys if k not in self._vectors))
+        if missing:
+            fresh = embedder.embed_passages([text for _, text in missing])
+            with self._lock:
+                self._vectors.update(zip(missing, fresh, strict=True))
+                while len(self._vectors) > self.capacity:
+                    self._vectors.popitem(last=False)
+        with self._lock:
+            found = [self._vectors.get(k) for k in keys]
+        if any(v is None for v in found):  # evicted meanwhile by another thread
+            return list(embedder.embed_passages(texts))
+        return found  # type: ignore[return-value]
+
+
+_SENTENCE_VECTORS = SentenceVectors()
+
+
 class Evidence:
     """The sentences of the retrieved chunks, scored against the question."""
 
@@ -112,12 +147,8 @@ class Evidence:
             for start, end in split_sentences(hit.chunk.text)
             if end - start >= MIN_SENTENCE_CHARS
         ]
-        self.vectors = (
-            embedder.embed_passages([s.text for s in self.sentences])
-            if self.sentences
-            else np.zeros((0, 1), dtype=np.float32)
-        )
-        for sentence, vector in zip(self.sentences, self.vectors, strict=True):
+        vectors = _SENTENCE_VECTORS.embed(embedder, [s.text for s in self.sentences])
+        for sentence, vector in zip(self.sentences, vectors, strict=True):
             sentence.vector = vector
             sentence.score = sentence.similarity(question_vector)
 

@@ -34,6 +34,9 @@ from rag.store import Store
 # A follow-up this short ("And in Dong Nai?") is searched together with the previous
 # question; a longer one stands on its own.
 FOLLOW_UP_MAX_WORDS = 8
+# A store replaced by a fresh one is closed this long after, when no search that
+# started on it can still be running.
+RETIRE_SECONDS = 30.0
 
 
 @dataclass
@@ -67,6 +70,7 @@ class Engine:
         self._lock = threading.RLock()
         self._embedder: Embedder | None = None
         self._store: Store | None = None
+        self._retired: list[tuple[float, Store]] = []
         self._backends: dict[str, ChatBackend | None] = {}
 
     @property
@@ -80,20 +84,40 @@ class Engine:
         """The open store, re-opened when another process has re-indexed it."""
         with self._lock:
             if self._store is None:
-                self._store = Store(self.settings, embedder_identity(self.settings), create=False)
+                self._store = self._open_store()
+            elif not self._store.is_current():
+                self._refresh()
             return self._store
 
+    def _open_store(self) -> Store:
+        return Store(self.settings, embedder_identity(self.settings), create=False)
+
+    def _refresh(self) -> None:
+        """Swap in a freshly loaded store (an embedded Chroma never sees another
+        process's new vectors otherwise; see rag.store._private_client)."""
+        try:
+            fresh = self._open_store()
+        except UserError:
+            return  # e.g. a rebuild under way elsewhere: answer from the old store
+        if self._store is not None:
+            self._retired.append((time.monotonic(), self._store))
+        self._store = fresh
+        # Closed only once no query can still be running on them.
+        now = time.monotonic()
+        for retired_at, old in list(self._retired):
+            if now - retired_at > RETIRE_SECONDS:
+                old.close()
+                self._retired.remove((retired_at, old))
+
     def index(self, rebuild: bool = False, progress: bool = True) -> IndexReport:
-        with self._lock:
-            if self._store is not None:
-                self._store.close()
-                self._store = None
-            return index_folder(
-                self.settings,
-                rebuild=rebuild,
-                progress=progress,
-                embedder_factory=lambda: self.embedder,
-            )
+        # Not under self._lock, so questions go on meanwhile (from the store as it was);
+        # index_folder serializes indexers, and store() re-opens once the index changed.
+        return index_folder(
+            self.settings,
+            rebuild=rebuild,
+            progress=progress,
+            embedder_factory=lambda: self.embedder,
+        )
 
     def backend(self, name: str | None = None) -> ChatBackend | None:
         name = name or self.settings.llm
@@ -148,7 +172,8 @@ class Engine:
         search_query = question
         if previous and len(question.split()) <= FOLLOW_UP_MAX_WORDS:
             search_query = f"{previous}\n{question}"
-        hits = self.search(search_query, k)
+        query_vector = self.embedder.embed_query(search_query)
+        hits = self.search(search_query, k, query_vector)
         timings = {"retrieve_ms": _ms(started)}
         confidence = max((h.dense_score or 0.0 for h in hits), default=0.0)
         gate = not hits or confidence < self.settings.refusal_threshold
@@ -165,7 +190,7 @@ class Engine:
             yield Delta(refusal_message(lang))
             yield finish(refusal_message(lang), True, [])
             return
-        evidence = Evidence(hits, self.embedder.embed_query(search_query), self.embedder)
+        evidence = Evidence(hits, query_vector, self.embedder)
         if backend is None:
             text, citations = extractive(
                 evidence.best(EXTRACTIVE_SENTENCES, EXTRACTIVE_MARGIN), lang
