@@ -154,6 +154,58 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_watch(args: argparse.Namespace) -> int:
+    import signal
+    import threading
+
+    from rag.watch import watch
+
+    stop = threading.Event()
+    # SIGTERM (a service manager stopping us) ends the watch after the current round.
+    signal.signal(signal.SIGTERM, lambda signum, frame: stop.set())
+    watch(_settings(args), as_json=args.json, stop=stop)
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from rag import evaluate
+
+    # everything that can be wrong with the arguments is reported before models load
+    thresholds = evaluate.parse_thresholds(args.min or [])
+    cases = evaluate.load_golden(args.file)
+    baseline = evaluate.load_report(args.baseline) if args.baseline else None
+    engine = _engine(args)
+
+    def progress(done: int, total: int, result: evaluate.CaseResult) -> None:
+        verdict = "pass" if result.passed else "FAIL " + ", ".join(result.reasons)
+        print(f"[{done}/{total}] {result.case.id}: {verdict}", file=sys.stderr, flush=True)
+
+    report = evaluate.run_eval(
+        engine,
+        cases,
+        engine.settings,
+        args.file,
+        args.llm,
+        progress if sys.stderr.isatty() else None,
+    )
+    if baseline is not None:
+        report["baseline"] = evaluate.compare(report, baseline)
+    if args.report:
+        evaluate.write_report(report, args.report)
+    if args.junit:
+        evaluate.write_junit(report, args.junit)
+    if args.json:
+        _print_json(report)
+    else:
+        print(evaluate.format_report(report))
+        if baseline is not None:
+            print("\n" + evaluate.format_comparison(report["baseline"]))
+    misses = evaluate.missed_thresholds(report["summary"], thresholds)
+    for miss in misses:
+        print(f"threshold missed: {miss}", file=sys.stderr)
+    return 1 if misses else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="rag", description="Offline multilingual question answering over your documents."
@@ -188,8 +240,26 @@ def build_parser() -> argparse.ArgumentParser:
         store_arg(p)
         p.add_argument("--llm", choices=["local", "openai", "none"], help="RAG_LLM, default local")
         p.add_argument("-k", type=int, help="number of passages (RAG_TOP_K, default 5)")
+    p = command("watch", cmd_watch, "Watch the documents folder and index changes as they come.")
+    p.add_argument("--docs", type=Path, help="documents folder (RAG_DOCS, default seeds/)")
+    store_arg(p)
     p = command("status", cmd_status, "Show what is indexed and which models are used.")
     store_arg(p)
+    p = command("eval", cmd_eval, "Run a golden Q&A file (JSON Lines) and score the answers.")
+    p.add_argument("file", type=Path, help="golden file, e.g. tests/qa/golden.jsonl")
+    store_arg(p)
+    p.add_argument("--llm", choices=["local", "openai", "none"], help="RAG_LLM, default local")
+    p.add_argument("-k", type=int, help="number of passages (RAG_TOP_K, default 5)")
+    p.add_argument("--report", type=Path, help="write the full JSON report here")
+    p.add_argument("--junit", type=Path, help="write JUnit XML here")
+    p.add_argument("--baseline", type=Path, help="compare with an earlier --report file")
+    p.add_argument(
+        "--min",
+        action="append",
+        metavar="METRIC=VALUE",
+        help="fail (exit 1) below this value, or above it for latencies and error "
+        "counts/rates; repeatable, e.g. --min hit@1=0.9 --min citation_validity=1",
+    )
     return parser
 
 

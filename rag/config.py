@@ -60,7 +60,12 @@ class Settings:
     llm_context: int = 4096
     llm_max_tokens: int = 384
     context_tokens: int = 700
-    refusal_threshold: float = 0.0
+    # Below this best cosine (question vs. chunk) the answer is a refusal, with no LLM
+    # call. Calibrated for multilingual-e5-small on tests/qa/golden.jsonl by
+    # bench/calibrate_refusal.py: the midpoint between the lowest answerable case
+    # (0.793) and the highest unanswerable one below it (0.782). Another embedder needs
+    # its own value (0 turns the gate off).
+    refusal_threshold: float = 0.787
     history_turns: int = 6
     answer_language: str = "auto"
     lock_wait: float = 120.0

@@ -1,0 +1,78 @@
+"""Calibrate the refusal gate (RAG_REFUSAL_THRESHOLD) on a golden Q&A file.
+
+Indexes the documents into a scratch store, asks every case's search exactly as the
+engine does (follow-ups included), and prints JSON: each case's best cosine, the
+answerable and unanswerable distributions, and the threshold that refuses the most
+unanswerable cases while refusing no answerable one (the midpoint of the gap).
+
+    .venv/bin/python bench/calibrate_refusal.py [tests/qa/golden.jsonl] [--docs seeds]
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import tempfile
+from pathlib import Path
+
+from rag.config import Settings
+from rag.engine import FOLLOW_UP_MAX_WORDS, Engine, _previous_question
+from rag.evaluate import load_golden
+
+
+def best_cosines(engine: Engine, golden: Path) -> list[dict[str, object]]:
+    rows = []
+    for case in load_golden(golden):
+        previous = _previous_question(list(case.history), engine.settings.history_turns)
+        query = case.question
+        if previous and len(query.split()) <= FOLLOW_UP_MAX_WORDS:
+            query = f"{previous}\n{query}"
+        hits = engine.search(query)
+        best = max((h.dense_score or 0.0 for h in hits), default=0.0)
+        rows.append({"id": case.id, "answerable": case.answerable, "best_cosine": round(best, 4)})
+    return rows
+
+
+def threshold(rows: list[dict[str, object]]) -> float:
+    """Midpoint between the lowest answerable score and the highest unanswerable below it."""
+    lowest = min(float(r["best_cosine"]) for r in rows if r["answerable"])  # type: ignore[arg-type]
+    below = [float(r["best_cosine"]) for r in rows if not r["answerable"]]  # type: ignore[arg-type]
+    below = [s for s in below if s < lowest]
+    return round((lowest + max(below)) / 2, 3) if below else 0.0
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("golden", nargs="?", default="tests/qa/golden.jsonl", type=Path)
+    parser.add_argument("--docs", default="seeds", type=Path)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as scratch:
+        settings = dataclasses.replace(
+            Settings.from_env(docs_dir=args.docs, store_dir=Path(scratch) / "store"),
+            chroma_url=None,
+        )
+        engine = Engine(settings)
+        engine.index(progress=False)
+        rows = best_cosines(engine, args.golden)
+    answerable = sorted(float(r["best_cosine"]) for r in rows if r["answerable"])  # type: ignore[arg-type]
+    unanswerable = sorted(float(r["best_cosine"]) for r in rows if not r["answerable"])  # type: ignore[arg-type]
+    chosen = threshold(rows)
+    print(
+        json.dumps(
+            {
+                "threshold": chosen,
+                "unanswerable_refused": sum(s < chosen for s in unanswerable),
+                "unanswerable": len(unanswerable),
+                "answerable_refused": sum(s < chosen for s in answerable),
+                "answerable_lowest": answerable[:5],
+                "unanswerable_scores": unanswerable,
+                "cases": rows,
+            },
+            indent=2,
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()
