@@ -70,7 +70,9 @@ def run_worker(docs: Path, store: Path) -> dict[str, object]:
     started = time.perf_counter()
     out = subprocess.run(
         [sys.executable, __file__, "--worker", str(docs), str(store)],
-        check=True, capture_output=True, text=True,
+        check=True,
+        capture_output=True,
+        text=True,
     ).stdout
     result = json.loads(out)
     result["process_seconds"] = round(time.perf_counter() - started, 3)
@@ -103,7 +105,8 @@ def measure(docs: Path, work: Path, runs: int) -> dict[str, object]:
         "noop_seconds_median": statistics.median(r["seconds"] for r in noops),  # type: ignore[misc]
         "noop_seconds": [r["seconds"] for r in noops],
         "noop_process_seconds_median": statistics.median(
-            r["process_seconds"] for r in noops  # type: ignore[misc]
+            r["process_seconds"]
+            for r in noops  # type: ignore[misc]
         ),
         "noop_loaded_model": any(r["model_load_s"] for r in noops),  # type: ignore[misc]
     }

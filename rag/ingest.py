@@ -10,6 +10,7 @@ import codecs
 import datetime
 import hashlib
 import io
+import logging
 import os
 import re
 import unicodedata
@@ -113,7 +114,12 @@ def _file_problem(suffix: str, size: int, max_file_bytes: int) -> str | None:
     if suffix.lower() not in SUPPORTED_EXTENSIONS:
         return f"unsupported file type ({suffix.lower() or 'no extension'})"
     if size > max_file_bytes:
-        return f"file too large ({_megabytes(size)} MB, limit {_megabytes(max_file_bytes)} MB)"
+        size_text, limit_text = _megabytes(size), _megabytes(max_file_bytes)
+        if size_text == limit_text:  # just over: only the bytes tell them apart
+            size_text, limit_text = f"{size:,} bytes", f"{max_file_bytes:,} bytes"
+        else:
+            size_text, limit_text = f"{size_text} MB", f"{limit_text} MB"
+        return f"file too large ({size_text}, limit {limit_text})"
     return None
 
 
@@ -429,6 +435,9 @@ def _is_mojibake_word(word: str) -> bool:
 def _extract_pdf(raw: bytes) -> _Extracted:
     from pypdf import PdfReader
 
+    # pypdf logs its repairs of damaged files ("EOF marker not found") to stderr; the
+    # skip reason we report says it once, in one line.
+    logging.getLogger("pypdf").setLevel(logging.ERROR)
     try:
         reader = PdfReader(io.BytesIO(raw))
         if reader.is_encrypted and not _opens_without_password(reader):

@@ -40,7 +40,7 @@ EXPECTED_SKIPS = {
     "corrupt.pdf": "corrupt PDF",
     "encrypted.pdf": "encrypted PDF",
     "table.xlsx": "unsupported file type (.xlsx)",
-    "huge.txt": "file too large (50.0 MB, limit 50.0 MB)",
+    "huge.txt": "file too large (52,428,801 bytes, limit 52,428,800 bytes)",
     "link_outside.txt": "symbolic link to outside the documents folder",
     "loop.txt": "symbolic link loop",
 }

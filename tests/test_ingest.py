@@ -346,7 +346,7 @@ def test_bad_files_raise_ingest_error(name: str, tmp_path: Path) -> None:
 
 def test_too_large_directory_and_missing(tmp_path: Path) -> None:
     (tmp_path / "big.txt").write_text("x" * 2000)
-    with pytest.raises(IngestError, match=r"file too large \(0\.0 MB, limit 0\.0 MB\)"):
+    with pytest.raises(IngestError, match=r"file too large \(2,000 bytes, limit 1,000 bytes\)"):
         read_document(tmp_path / "big.txt", tmp_path, 1000)
     (tmp_path / "folder.txt").mkdir()
     with pytest.raises(IngestError, match="not a regular file"):
@@ -523,7 +523,7 @@ def test_scan_folder(docs_tree: Path) -> None:
     reasons = {skip.path: skip.reason for skip in skipped}
     assert reasons == {
         "README": "unsupported file type (no extension)",
-        "big.txt": "file too large (0.0 MB, limit 0.0 MB)",
+        "big.txt": "file too large (5,000 bytes, limit 3,000 bytes)",
         "broken.txt": "broken symbolic link",
         "folder_link": "link to a folder: not followed",
         "image.png": "unsupported file type (.png)",
