@@ -325,8 +325,42 @@ def language_balanced_query(store: Store, vector: np.ndarray, n: int) -> list[tu
     is the question's similarity to the mean embedding of the language's chunks;
     ranking by cosine minus it compares languages fairly (on the golden set: dense
     hit@1 0.67 -> 0.88). The returned score stays the plain cosine similarity.
+
+    An embedded store is ranked from its embeddings held in memory (DenseIndex); a
+    Chroma server keeps the vectors, so it is asked, one query per language.
     """
+    if store.settings.chroma_url:
+        return _server_balanced_query(store, vector, n)
     return dense_index_for(store).query(vector, n)
+
+
+def language_biases(centroids: dict[str, tuple[np.ndarray, int]]) -> dict[str, np.ndarray]:
+    """Per language, the vector whose similarity to a question is that language's bias.
+
+    The mean embedding of its chunks; a language with fewer than MIN_LANGUAGE_CHUNKS
+    gets the corpus-wide mean (a handful of chunks would mostly cancel their own
+    topic); with one language there is nothing to balance (zero bias).
+    """
+    if len(centroids) < 2:
+        return {lang: np.zeros_like(mean) for lang, (mean, _) in centroids.items()}
+    total = sum(count for _, count in centroids.values())
+    overall = sum(mean * count for mean, count in centroids.values()) / total
+    return {
+        lang: (mean if count >= MIN_LANGUAGE_CHUNKS else overall)
+        for lang, (mean, count) in centroids.items()
+    }
+
+
+def _server_balanced_query(store: Store, vector: np.ndarray, n: int) -> list[tuple[Chunk, float]]:
+    biases = _cached(store, "biases", lambda: language_biases(store.language_centroids()))
+    unit = np.asarray(vector, dtype=np.float32) / max(float(np.linalg.norm(vector)), 1e-12)
+    scored: list[tuple[float, Chunk, float]] = []
+    for language, bias in biases.items():
+        share = float(np.dot(unit, bias))  # as DenseIndex.query: the mean, not normalized
+        for chunk, similarity in store.query(vector, n, where={"language": language}):
+            scored.append((similarity - share, chunk, similarity))
+    scored.sort(key=lambda row: (-row[0], row[1].chunk_id))
+    return [(chunk, similarity) for _, chunk, similarity in scored[:n]]
 
 
 @dataclass
@@ -356,15 +390,13 @@ class DenseIndex:
         language_of = np.array(
             [languages.index(c.language or "und") for c in chunks], dtype=np.int64
         )
-        biases = np.zeros((len(languages), vectors.shape[1]), dtype=np.float32)
-        if len(languages) >= 2:  # one language: nothing to balance
-            overall = vectors.mean(axis=0)
-            for i in range(len(languages)):
-                mine = vectors[language_of == i]
-                # a handful of chunks is no estimate of a language: it would mostly
-                # cancel their own topic, so they get the corpus-wide mean
-                biases[i] = mine.mean(axis=0) if len(mine) >= MIN_LANGUAGE_CHUNKS else overall
-        return cls(chunks, vectors, language_of, biases)
+        centroids = {
+            lang: (vectors[language_of == i].mean(axis=0), int((language_of == i).sum()))
+            for i, lang in enumerate(languages)
+        }
+        by_language = language_biases(centroids)
+        biases = np.array([by_language[lang] for lang in languages], dtype=np.float32)
+        return cls(chunks, vectors, language_of, biases.reshape(len(languages), vectors.shape[1]))
 
     def query(self, vector: np.ndarray, n: int) -> list[tuple[Chunk, float]]:
         """The n best by cosine minus the language's bias, with their plain cosine."""

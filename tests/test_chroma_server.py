@@ -12,9 +12,17 @@ import pytest
 
 from rag.config import Settings
 from rag.engine import Engine
+from rag.retrieve import language_balanced_query
 from rag.store import StoreError
 
-from .conftest import ROOT
+from .conftest import ROOT, SEEDS
+
+QUESTIONS = [
+    "Who chairs the Vietnam Association of Science and Technology Enterprises?",
+    "Wie lautet das Motto der TECHFEST Vietnam 2025?",
+    "Сколько инновационных стартапов в провинции Донгнай?",
+    "Hva er L2Pro?",
+]
 
 
 def free_port() -> int:
@@ -73,3 +81,24 @@ def test_unreachable_server_is_a_clear_error(docs: Path, tmp_path: Path) -> None
     settings = Settings.from_env(docs_dir=docs, store_dir=tmp_path / "store", chroma_url=url)
     with pytest.raises(StoreError, match="cannot reach the Chroma server"):
         Engine(settings).index(progress=False)
+
+
+def test_server_ranks_like_the_embedded_store(tmp_path: Path, chroma_server: str, embedder) -> None:
+    """Server mode asks Chroma per language; the embedded store ranks in memory.
+
+    Both must give the same language-balanced ranking of the seeds.
+    """
+    rankings = []
+    for name, url in (("embedded", None), ("server", chroma_server)):
+        settings = Settings.from_env(docs_dir=SEEDS, store_dir=tmp_path / name, chroma_url=url)
+        engine = Engine(settings)
+        engine._embedder = embedder
+        engine.index(progress=False)
+        store = engine.store()
+        rankings.append(
+            [
+                [chunk.chunk_id for chunk, _ in language_balanced_query(store, vector, 8)]
+                for vector in map(embedder.embed_query, QUESTIONS)
+            ]
+        )
+    assert rankings[0] == rankings[1]

@@ -262,7 +262,7 @@ def test_a_loaded_chroma_does_not_see_other_processes_but_the_engine_does(
     probe[7] = 1.0  # far from every real e5 embedding
     assert old.query(probe, 1)  # a first query loads the vector index into this process
     np.save(tmp_path / "probe.npy", probe)
-    (settings.docs_dir / "child.txt").write_text("Written by another process.\n", "utf-8")
+    (settings.docs_dir / "child.txt").write_text("Written by the Kvistholm process.\n", "utf-8")
     subprocess.run(
         [sys.executable, "-c", CHILD_INDEXER, str(settings.docs_dir), str(settings.store_dir)]
         + [str(tmp_path / "probe.npy")],
@@ -278,7 +278,7 @@ def test_a_loaded_chroma_does_not_see_other_processes_but_the_engine_does(
     assert fresh is not old and fresh.is_current()
     nearest, similarity = fresh.query(probe, 1)[0]
     assert nearest.path == "child.txt" and similarity > 0.99
-    assert any(h.chunk.path == "child.txt" for h in engine.search("another process", k=3))
+    assert any(h.chunk.path == "child.txt" for h in engine.search("Kvistholm", k=3))
 
 
 def test_rebuild_elsewhere_is_noticed(tmp_path: Path, embedder) -> None:
