@@ -58,6 +58,10 @@ EXTRACTIVE_MARGIN = 0.04
 # similar; below it the claim is not treated as grounded.
 ATTACH_MIN_SIMILARITY = 0.80
 MIN_SENTENCE_CHARS = 12
+# Subtracted from a sentence's similarity per retrieval rank of its passage (Evidence.
+# ranked). On the golden set, the share of answerable questions whose fact is in the
+# 300 selected tokens: 42/60 without it, 45 with 0.01, 44 with 0.02.
+RANK_PENALTY = 0.01
 
 
 class Embeds(Protocol):
@@ -153,8 +157,17 @@ class Evidence:
             sentence.score = sentence.similarity(question_vector)
 
     def ranked(self) -> list[Sentence]:
-        # ties broken by retrieval rank, then position, so results are deterministic
-        return sorted(self.sentences, key=lambda s: (-s.score, s.hit_index, s.start))
+        """Best first: similarity to the question, less RANK_PENALTY per retrieval rank.
+
+        A sentence alone says less than the passage it sits in, which retrieval ranked
+        with names and numbers (BM25) and language balance; the penalty lets that
+        ranking break near-ties. Ties then go by retrieval rank and position, so the
+        order is deterministic.
+        """
+        return sorted(
+            self.sentences,
+            key=lambda s: (-(s.score - RANK_PENALTY * s.hit_index), s.hit_index, s.start),
+        )
 
     def select(self, token_budget: int) -> list[Source]:
         """The best sentences within the budget, grouped into numbered sources."""
@@ -208,9 +221,9 @@ def is_refusal(text: str) -> bool:
 def build_messages(
     question: str, sources: list[Source], language: str, previous_question: str | None
 ) -> list[Message]:
-    listing = "\n".join(
-        f"[{s.n}] ({Path(s.hit.chunk.path).name}) {s.prompt_text()}" for s in sources
-    )
+    # No file names: they cost ~12 prompt tokens a source (0.1 s each on this CPU) and
+    # tell the model nothing the numbers do not.
+    listing = "\n".join(f"[{s.n}] {s.prompt_text()}" for s in sources)
     history = (
         prompt_file("history.txt").format(previous_question=previous_question)
         if previous_question
@@ -222,7 +235,21 @@ def build_messages(
         question=question,
         language=LANGUAGE_NAMES.get(language, "English"),
     )
-    return [Message("system", prompt_file("system.txt").strip()), Message("user", user.strip())]
+    return [*fixed_messages(), Message("user", user.strip())]
+
+
+@cache
+def fixed_messages() -> tuple[Message, ...]:
+    """The system prompt and the worked examples: the same for every question, so
+    llama.cpp keeps them as its cached prefix and only the first question pays."""
+    messages = [Message("system", prompt_file("system.txt").strip())]
+    for example in json.loads(prompt_file("examples.json")):
+        listing = "\n".join(f"[{n}] {text}" for n, text in enumerate(example["sources"], 1))
+        user = prompt_file("user.txt").format(
+            sources=listing, history="", question=example["question"], language=example["language"]
+        )
+        messages += [Message("user", user.strip()), Message("assistant", example["answer"])]
+    return tuple(messages)
 
 
 def extractive(sources: list[Source], language: str) -> tuple[str, list[Citation]]:

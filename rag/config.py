@@ -59,7 +59,10 @@ class Settings:
     llm_threads: int = field(default_factory=lambda: os.cpu_count() or 2)
     llm_context: int = 4096
     llm_max_tokens: int = 384
-    context_tokens: int = 700
+    # Source sentences in the LLM prompt (cl100k tokens). Time to first token is mostly
+    # prompt processing (~100 tokens/s here); at 700 the golden set's median was 8.7 s,
+    # at 280 it is under 4 s, for fewer facts in reach (bench/query.py --llm).
+    context_tokens: int = 280
     # Below this best cosine (question vs. chunk) the answer is a refusal, with no LLM
     # call. Calibrated for multilingual-e5-small on tests/qa/golden.jsonl by
     # bench/calibrate_refusal.py: the midpoint between the lowest answerable case

@@ -17,6 +17,7 @@ from rag.answer import (
     Evidence,
     build_messages,
     extractive,
+    fixed_messages,
     ground,
     is_refusal,
     refusal_message,
@@ -25,7 +26,7 @@ from rag.answer import (
 from rag.config import Settings
 from rag.indexer import IndexReport, index_folder
 from rag.language import LANGUAGE_NAMES, detect_language
-from rag.llm import BACKENDS, ChatBackend, LLMError, make_backend
+from rag.llm import BACKENDS, ChatBackend, LLMError, Message, make_backend
 from rag.models import Embedder, embedder_identity, load_embedder, model_status
 from rag.records import Answer, Hit, UserError
 from rag.retrieve import HybridRetriever, keyword_index_for
@@ -127,6 +128,17 @@ class Engine:
             if name not in self._backends:
                 self._backends[name] = make_backend(name, self.settings)
             return self._backends[name]
+
+    def prime(self, name: str | None = None) -> None:
+        """Run the fixed part of every prompt (system prompt, worked examples) through
+        the local LLM once, so llama.cpp has it cached and the first question only pays
+        for its own sources and question (about 3 s less on a 2-core CPU). A question
+        asked meanwhile waits for the model's lock."""
+        backend = self.backend(name)
+        if backend is None or backend.name != "local":
+            return  # nothing to cache: no model, or a server that keeps its own
+        for _ in backend.stream([*fixed_messages(), Message("user", "OK")]):
+            break  # the prompt is processed before the first token: enough
 
     def search(
         self, query: str, k: int | None = None, query_vector: np.ndarray | None = None

@@ -12,12 +12,16 @@ from rag.answer import (
     Evidence,
     build_messages,
     extractive,
+    fixed_messages,
     ground,
     is_refusal,
     prompt_file,
     refusal_message,
     stream_hold,
 )
+from rag.config import Settings
+from rag.engine import Engine
+from rag.llm import Message
 from rag.records import Chunk, Hit
 
 
@@ -143,8 +147,44 @@ def test_stream_hold_never_shows_a_refusal_marker() -> None:
 def test_prompt_keeps_the_fixed_part_first_and_names_the_language() -> None:
     sources = evidence("Dong Nai startups").select(200)
     messages = build_messages("Wie viele?", sources, "de", previous_question="Dong Nai?")
-    assert messages[0].role == "system"
-    assert messages[0].content == prompt_file("system.txt").strip()
-    assert "[1] (a.txt)" in messages[1].content
-    assert "Answer in German" in messages[1].content
-    assert "Dong Nai?" in messages[1].content
+    fixed = fixed_messages()
+    # the system prompt and the worked examples, identical for every question (cached)
+    assert messages[: len(fixed)] == list(fixed)
+    assert fixed[0].role == "system"
+    assert fixed[0].content == prompt_file("system.txt").strip()
+    assert [m.role for m in fixed[1:]] == ["user", "assistant"] * ((len(fixed) - 1) // 2)
+    question = messages[-1]
+    assert question.role == "user" and len(messages) == len(fixed) + 1
+    assert question.content.startswith("Sources:\n[1] ")
+    assert "a.txt" not in question.content  # file names only cost prompt tokens
+    assert "Answer in German" in question.content
+    assert "Dong Nai?" in question.content
+
+
+class PrefixRecorder:
+    """A local-looking LLM that records its prompts and would stream forever."""
+
+    name = "local"
+
+    def __init__(self) -> None:
+        self.prompts: list[list[Message]] = []
+        self.tokens = 0
+
+    def stream(self, messages: list[Message]):  # type: ignore[no-untyped-def]
+        self.prompts.append(list(messages))
+        while True:
+            self.tokens += 1
+            yield "token "
+
+
+def test_prime_sends_the_fixed_prefix_once_and_stops_at_the_first_token() -> None:
+    engine = Engine(Settings())
+    recorder = PrefixRecorder()
+    engine._backends["local"] = recorder  # type: ignore[assignment]
+    engine.prime("local")
+    (prompt,) = recorder.prompts
+    assert tuple(prompt[:-1]) == fixed_messages()
+    assert recorder.tokens == 1
+    engine._backends["none"] = None
+    engine.prime("none")  # no model: nothing to do
+    assert len(recorder.prompts) == 1

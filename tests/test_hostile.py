@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from rag.answer import build_messages, prompt_file
+from rag.answer import build_messages, fixed_messages, prompt_file
 from rag.config import Settings
 from rag.engine import Engine
 from rag.llm import Message
@@ -146,11 +146,13 @@ def test_instructions_inside_a_document_are_data(tmp_path: Path, embedder) -> No
             first, last = citation.lines
             assert citation.quote in "\n".join(lines[first - 1 : last])
 
-    # What the model was sent: the system prompt as written, the document as data in
-    # the user message only.
-    system, user = recorder.messages
+    # What the model was sent: the system prompt and the worked examples as written,
+    # the document as data in the last user message only.
+    *fixed, user = recorder.messages
+    assert tuple(fixed) == fixed_messages()
+    system = fixed[0]
     assert (system.role, user.role) == ("system", "user")
     assert system.content == prompt_file("system.txt").strip()
-    assert "K-77" in user.content and "K-77" not in system.content
-    assert "IGNORE PREVIOUS INSTRUCTIONS" not in system.content
+    assert "K-77" in user.content
+    assert not any("K-77" in m.content or "IGNORE PREVIOUS" in m.content for m in fixed)
     assert build_messages(question, [], "en", None)[0] == system
