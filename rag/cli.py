@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
+import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -125,6 +127,9 @@ def cmd_ask(args: argparse.Namespace) -> int:
 def cmd_chat(args: argparse.Namespace) -> int:
     engine = _engine(args)
     history: list[dict[str, str]] = []
+    # While the first question is typed, the LLM loads and caches its fixed prompt;
+    # a failure there is reported by the first question, which loads it again.
+    threading.Thread(target=_prime_quietly, args=(engine, args.llm), daemon=True).start()
     print("Ask about your documents (empty line or Ctrl-D to quit).")
     while True:
         try:
@@ -142,6 +147,11 @@ def cmd_chat(args: argparse.Namespace) -> int:
             {"role": "user", "content": question},
             {"role": "assistant", "content": answer.answer},
         ]
+
+
+def _prime_quietly(engine: Any, llm: str | None) -> None:
+    with contextlib.suppress(Exception):
+        engine.prime(llm)
 
 
 def cmd_status(args: argparse.Namespace) -> int:

@@ -1,0 +1,180 @@
+"""The LLM backends end to end: `openai` against a small OpenAI-compatible server
+started here (streamed chat completions, as llama.cpp's server, vLLM and Ollama speak
+them), and the real packaged model (`local`, marked llm) on a few seed questions."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from rag.answer import fixed_messages
+from rag.config import Settings
+from rag.engine import Delta, Engine, Finished, Retrieved
+from rag.indexer import index_folder
+
+from .conftest import ROOT, SEEDS
+
+SEED = "002_d6db562a30fbc1a0.txt"  # Dong Nai, Quang Ninh, Lam Dong
+REPLY = ["Dong Nai has about ", "90 innovative ", "startups [1]. ", "It also has invented [7]."]
+
+
+class ChatServer(ThreadingHTTPServer):
+    """Answers every chat completion with REPLY, streamed; remembers the requests."""
+
+    requests: list[dict[str, Any]]
+    headers_seen: list[dict[str, str]]
+
+
+class ChatHandler(BaseHTTPRequestHandler):
+    server: ChatServer
+
+    def log_message(self, *args: Any) -> None:  # keep the test output clean
+        pass
+
+    def do_POST(self) -> None:  # noqa: N802 (the http.server API)
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        self.server.requests.append(body)
+        self.server.headers_seen.append(dict(self.headers))
+        if not self.path.endswith("/chat/completions"):
+            self.send_error(404)
+            return
+        self.send_response(200)
+        self.send_header("Content-Type", "text/event-stream")
+        self.end_headers()
+        for i, text in enumerate(REPLY):
+            chunk = {
+                "id": "c1",
+                "object": "chat.completion.chunk",
+                "created": 0,
+                "model": body["model"],
+                "choices": [
+                    {
+                        "index": 0,
+                        "delta": {"role": "assistant", "content": text}
+                        if i == 0
+                        else {"content": text},
+                        "finish_reason": None,
+                    }
+                ],
+            }
+            self.wfile.write(f"data: {json.dumps(chunk)}\n\n".encode())
+            self.wfile.flush()
+        self.wfile.write(b"data: [DONE]\n\n")
+
+
+@pytest.fixture
+def chat_server() -> Iterator[ChatServer]:
+    server = ChatServer(("127.0.0.1", 0), ChatHandler)
+    server.requests, server.headers_seen = [], []
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield server
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.fixture
+def seed_settings(tmp_path: Path, embedder) -> Settings:  # type: ignore[no-untyped-def]
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    shutil.copy(SEEDS / SEED, docs / SEED)
+    settings = Settings.from_env(docs_dir=docs, store_dir=tmp_path / "store")
+    index_folder(settings, progress=False, embedder_factory=lambda: embedder)
+    return settings
+
+
+def server_settings(settings: Settings, server: ChatServer) -> Settings:
+    host, port = server.server_address[:2]
+    return Settings.from_env(
+        docs_dir=settings.docs_dir,
+        store_dir=settings.store_dir,
+        llm="openai",
+        llm_base_url=f"http://{host}:{port}/v1",
+        llm_model="tiny-test-model",
+        llm_api_key="secret-key",
+    )
+
+
+def test_openai_backend_streams_a_cited_answer(
+    seed_settings: Settings, chat_server: ChatServer, embedder
+) -> None:
+    engine = Engine(server_settings(seed_settings, chat_server))
+    engine._embedder = embedder
+    events = list(engine.ask_stream("How many innovative startups does Dong Nai have?"))
+
+    assert isinstance(events[0], Retrieved) and events[0].hits  # evidence comes first
+    deltas = [e.text for e in events if isinstance(e, Delta)]
+    assert len(deltas) > 1 and "".join(deltas) == "".join(REPLY)  # streamed as it came
+    answer = events[-1].answer
+    assert isinstance(events[-1], Finished) and answer.backend == "openai"
+    assert not answer.refused and answer.language == "en"
+    # [7] was never a source: dropped; [1] resolves to a verbatim quote of the seed
+    assert [c.n for c in answer.citations] == [1]
+    citation = answer.citations[0]
+    assert citation.file == SEED and "90" in citation.quote
+    text = (seed_settings.docs_dir / SEED).read_text("utf-8").splitlines()
+    assert citation.quote in "\n".join(text[citation.lines[0] - 1 : citation.lines[1]])
+    assert "[7]" not in answer.answer
+
+    (request,) = chat_server.requests
+    assert request["model"] == "tiny-test-model" and request["stream"] is True
+    sent = [(m["role"], m["content"]) for m in request["messages"]]
+    assert sent[: len(fixed_messages())] == [(m.role, m.content) for m in fixed_messages()]
+    assert sent[-1][0] == "user" and "Dong Nai" in sent[-1][1]
+    assert chat_server.headers_seen[0]["Authorization"] == "Bearer secret-key"
+
+
+def test_cli_ask_through_an_openai_compatible_server(
+    seed_settings: Settings, chat_server: ChatServer
+) -> None:
+    host, port = chat_server.server_address[:2]
+    env = {
+        **os.environ,
+        "RAG_DOCS": str(seed_settings.docs_dir),
+        "RAG_STORE": str(seed_settings.store_dir),
+        "RAG_LLM_BASE_URL": f"http://{host}:{port}/v1",
+        "RAG_LLM_MODEL": "tiny-test-model",
+        "HF_HUB_OFFLINE": "1",
+    }
+    out = subprocess.run(
+        [sys.executable, "-m", "rag.cli", "ask", "Dong Nai startups?", "--llm", "openai", "--json"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert out.returncode == 0, out.stderr
+    answer = json.loads(out.stdout)
+    assert answer["backend"] == "openai" and not answer["refused"]
+    assert [c["file"] for c in answer["citations"]] == [SEED]
+    assert set(answer["timings"]) >= {"retrieve_ms", "first_token_ms", "total_ms"}
+
+
+@pytest.mark.llm
+@pytest.mark.parametrize(
+    ("question", "language"),
+    [
+        ("How many innovative startups does Dong Nai have?", "en"),
+        ("Tỉnh Đồng Nai có bao nhiêu startup đổi mới sáng tạo?", "vi"),
+    ],
+)
+def test_local_model_answers_in_the_question_language_with_citations(
+    seed_settings: Settings, embedder, question: str, language: str
+) -> None:
+    engine = Engine(seed_settings)
+    engine._embedder = embedder
+    answer = engine.ask(question, llm="local")
+    assert not answer.refused and answer.language == language
+    assert answer.citations and all(c.file == SEED for c in answer.citations)
+    assert "90" in answer.answer
