@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import math
-import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -82,7 +81,9 @@ def warm_up(engine: Engine, backend: str) -> None:
             _ = engine.embedder
             if backend != "none":
                 st.write(f"Language model ({backend}) ...")
-                engine.backend(backend)
+                # loads it and caches the fixed part of every prompt (system prompt,
+                # examples): the first question then pays only for its own sources
+                engine.prime(backend)
             st.write("Index ...")
             _warm_pipeline(engine)
         except (UserError, ConfigError) as exc:
@@ -92,16 +93,6 @@ def warm_up(engine: Engine, backend: str) -> None:
         seconds = time.perf_counter() - started
         box.update(label=f"Models ready ({seconds:.1f} s)", state="complete", expanded=False)
     warmed().add(key)
-    # The LLM's fixed prompt prefix is cached in the background: the page is usable at
-    # once, and a first question asked meanwhile waits for it rather than redoing it.
-    threading.Thread(target=_prime, args=(engine, backend), daemon=True).start()
-
-
-def _prime(engine: Engine, backend: str) -> None:
-    try:
-        engine.prime(backend)
-    except Exception:  # the first question will report what is wrong with the model
-        log.exception("priming the %s LLM failed", backend)
 
 
 def _warm_pipeline(engine: Engine) -> None:
