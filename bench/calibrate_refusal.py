@@ -17,18 +17,15 @@ import tempfile
 from pathlib import Path
 
 from rag.config import Settings
-from rag.engine import FOLLOW_UP_MAX_WORDS, Engine, _previous_question
+from rag.engine import Engine, follow_up_query, previous_question
 from rag.evaluate import load_golden
 
 
 def best_cosines(engine: Engine, golden: Path) -> list[dict[str, object]]:
     rows = []
     for case in load_golden(golden):
-        previous = _previous_question(list(case.history), engine.settings.history_turns)
-        query = case.question
-        if previous and len(query.split()) <= FOLLOW_UP_MAX_WORDS:
-            query = f"{previous}\n{query}"
-        hits = engine.search(query)
+        previous = previous_question(list(case.history), engine.settings.history_turns)
+        hits = engine.search(follow_up_query(case.question, previous))
         best = max((h.dense_score or 0.0 for h in hits), default=0.0)
         rows.append({"id": case.id, "answerable": case.answerable, "best_cosine": round(best, 4)})
     return rows

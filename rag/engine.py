@@ -179,11 +179,9 @@ class Engine:
             raise UserError("the question is empty")
         name = llm or self.settings.llm
         backend = self.backend(name)
-        previous = _previous_question(history or [], self.settings.history_turns)
+        previous = previous_question(history or [], self.settings.history_turns)
         lang = self._language(question, previous, language)
-        search_query = question
-        if previous and len(question.split()) <= FOLLOW_UP_MAX_WORDS:
-            search_query = f"{previous}\n{question}"
+        search_query = follow_up_query(question, previous)
         query_vector = self.embedder.embed_query(search_query)
         hits = self.search(search_query, k, query_vector)
         timings = {"retrieve_ms": _ms(started)}
@@ -265,7 +263,15 @@ class Engine:
         }
 
 
-def _previous_question(history: Sequence[dict[str, str]], turns: int) -> str | None:
+def follow_up_query(question: str, previous: str | None) -> str:
+    """What to search for: a short follow-up ("And in Dong Nai?") together with the
+    previous question, anything else as it stands."""
+    if previous and len(question.split()) <= FOLLOW_UP_MAX_WORDS:
+        return f"{previous}\n{question}"
+    return question
+
+
+def previous_question(history: Sequence[dict[str, str]], turns: int) -> str | None:
     """The last user question of the (bounded) history."""
     for message in reversed(list(history)[-2 * turns :]):
         if message.get("role") == "user" and message.get("content", "").strip():
