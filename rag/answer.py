@@ -11,6 +11,7 @@ source closest to the claim, so the quote is verbatim text of the file.
 from __future__ import annotations
 
 import json
+import re
 import threading
 from collections import OrderedDict
 from collections.abc import Iterator
@@ -22,7 +23,7 @@ from typing import Protocol
 import numpy as np
 
 from rag.chunking import count_tokens, split_sentences
-from rag.citations import claims, clean_markers
+from rag.citations import Claim, claims, clean_markers
 from rag.config import PROMPTS_DIR
 from rag.language import LANGUAGE_NAMES
 from rag.llm import Message
@@ -268,19 +269,47 @@ def extractive(sources: list[Source], language: str) -> tuple[str, list[Citation
 class Grounded:
     text: str
     citations: list[Citation]
+    # every claim of the reply states a figure found in no source or the question:
+    # the model made the answer up, which is shown as a refusal
+    invented: bool = False
 
 
-def ground(reply: str, sources: list[Source], embedder: Embeds) -> Grounded | None:
+# Thousands grouped by a space ("41 200", "24\u00a0000"), then digit runs with decimal or
+# group marks ("1,6", "1.600", "3-3,5" -> "3", "3,5").
+_SPACE_GROUP = re.compile(r"(?<=\d)[ \u00a0\u202f](?=\d{3}(?!\d))")
+_FIGURE = re.compile(r"\d+(?:[.,]\d+)*")
+
+
+def figures(text: str) -> set[str]:
+    """The numbers in a text, as their digits without trailing zeros, so that the
+    same figure written another way matches: "41 200" = "41.200" = "41,200",
+    "1,6 milliarder" = "1.6 billion" = "1,600 million", "80 %" = "80%"."""
+    text = _SPACE_GROUP.sub("", text)
+    return {re.sub(r"\D", "", m.group()).rstrip("0") or "0" for m in _FIGURE.finditer(text)}
+
+
+def ground(
+    reply: str, sources: list[Source], embedder: Embeds, question: str = ""
+) -> Grounded | None:
     """Clean the reply's markers and resolve each cited number to its best quote.
 
-    Uncited claims are attached to the closest source sentence when it is similar
-    enough. None when nothing in the reply can be tied to a source.
+    A claim stating a figure that is in no source (nor in the question) is dropped: a
+    small model fills gaps with numbers from nowhere, and a citation would make them
+    look grounded. Uncited claims are attached to the closest source sentence when it
+    is similar enough. None when nothing in the reply can be tied to a source.
     """
     by_number = {s.n: s for s in sources}
     text = clean_markers(reply, set(by_number))
     parts = [c for c in claims(text) if c.text]
     if not parts:
         return None
+    known = figures(question).union(*(figures(s.prompt_text()) for s in sources))
+    supported = [c for c in parts if figures(c.text) <= known]
+    if not supported:
+        return Grounded("", [], invented=True)
+    if len(supported) < len(parts):
+        parts = supported
+        text = " ".join(_with_markers(c) for c in parts)
     vectors = np.stack([embedder.embed_query(c.text) for c in parts])
     best: dict[tuple[int, str], Citation] = {}
     for claim, vector in zip(parts, vectors, strict=True):
@@ -295,6 +324,10 @@ def ground(reply: str, sources: list[Source], embedder: Embeds) -> Grounded | No
         # the reply cited nothing itself: show where its content comes from
         text = text + " " + "".join(f"[{n}]" for n in sorted({c.n for c in cited}))
     return Grounded(text, cited)
+
+
+def _with_markers(claim: Claim) -> str:
+    return f"{claim.text} [{', '.join(map(str, claim.numbers))}]" if claim.numbers else claim.text
 
 
 def _attach(vector: np.ndarray, sources: list[Source]) -> tuple[int, ...]:

@@ -219,7 +219,10 @@ class Engine:
         if is_refusal(reply):
             yield finish(refusal_message(lang), True, [])
             return
-        grounded = ground(reply, sources, self.embedder)
+        grounded = ground(reply, sources, self.embedder, f"{previous or ''}\n{question}")
+        if grounded is not None and grounded.invented:
+            yield finish(refusal_message(lang), True, [])
+            return
         if grounded is None:  # nothing in the reply can be tied to a source: quote instead
             text, citations = extractive(
                 evidence.best(EXTRACTIVE_SENTENCES, EXTRACTIVE_MARGIN), lang

@@ -12,6 +12,7 @@ from rag.answer import (
     Evidence,
     build_messages,
     extractive,
+    figures,
     fixed_messages,
     ground,
     is_refusal,
@@ -126,6 +127,39 @@ def test_ground_attaches_an_uncited_but_supported_reply() -> None:
 def test_ground_gives_up_on_an_unsupported_uncited_reply() -> None:
     sources = evidence("Dong Nai startups").select(200)
     assert ground("Paris is the capital of France.", sources, EMBEDDER) is None
+
+
+def test_figures_match_however_they_are_written() -> None:
+    assert figures("41 200 Fahrgäste, 1,6 milliarder, 80 % and 3-3,5") == {
+        "412",
+        "16",
+        "8",
+        "3",
+        "35",
+    }
+    assert figures("41,200 passengers, 1.6 billion, 80% and 3–3.5") == figures(
+        "41.200, 1,600 million, 80 and 3 - 3.5"
+    )
+    assert figures("In 2025, 30 firms") == {"2025", "3"}  # a year is not a thousands group
+    assert figures("no figures here") == set()
+
+
+def test_ground_drops_a_claim_whose_figure_is_in_no_source() -> None:
+    sources = evidence("startups Dong Nai").select(200)
+    reply = "Dong Nai has about 90 innovative startups [1]. It was founded in 1998 [1]."
+    grounded = ground(reply, sources, EMBEDDER)
+    assert grounded is not None and not grounded.invented
+    assert "1998" not in grounded.text and "90 innovative startups" in grounded.text
+    assert [c.quote for c in grounded.citations] == ["Dong Nai has about 90 innovative startups."]
+
+
+def test_ground_marks_a_reply_made_of_invented_figures() -> None:
+    sources = evidence("population of Dong Nai").select(200)
+    grounded = ground("Dong Nai has 1 350 inhabitants [1].", sources, EMBEDDER)
+    assert grounded is not None and grounded.invented and not grounded.citations
+    # a figure the question gave is no invention
+    asked = ground("Dong Nai has 1 350 inhabitants [1].", sources, EMBEDDER, "Is it 1350?")
+    assert asked is not None and not asked.invented
 
 
 def test_refusals_are_recognised_in_several_languages() -> None:
