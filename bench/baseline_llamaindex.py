@@ -11,8 +11,8 @@ With --llm local the default query engine also answers, with our local model, an
 must-contain rate and refusal accuracy are computed (citation metrics are n/a: the
 default pipeline has no citations). The default pipeline has no conversation history,
 so follow-up cases are asked without theirs. Slow: the default 1024-token chunks make
-prompts of several thousand tokens (compact + refine); one answer took about 5 minutes
-on 2 CPU cores, so pick a few cases with --ids.
+prompts of several thousand tokens (compact + refine); an answer takes about a minute
+on 2 idle CPU cores (5 under load), so pick a few cases with --ids.
 
     .venv/bin/python bench/baseline_llamaindex.py [--golden FILE] [-k 5] [--llm none|local]
         [--ids en-001,de-003]
