@@ -3,7 +3,9 @@
 Indexes the documents into a scratch store, asks every case's search exactly as the
 engine does (follow-ups included), and prints JSON: each case's best cosine, the
 answerable and unanswerable distributions, and the threshold that refuses the most
-unanswerable cases while refusing no answerable one (the midpoint of the gap).
+unanswerable cases while refusing no answerable one (the midpoint of the gap). It also
+prints what refusing *every* unanswerable case would cost: how many answerable cases
+score no higher than the best-scoring unanswerable one.
 
     .venv/bin/python bench/calibrate_refusal.py [tests/qa/golden.jsonl] [--docs seeds]
 """
@@ -55,6 +57,7 @@ def main() -> None:
     answerable = sorted(float(r["best_cosine"]) for r in rows if r["answerable"])  # type: ignore[arg-type]
     unanswerable = sorted(float(r["best_cosine"]) for r in rows if not r["answerable"])  # type: ignore[arg-type]
     chosen = threshold(rows)
+    highest_unanswerable = unanswerable[-1] if unanswerable else 0.0
     print(
         json.dumps(
             {
@@ -63,6 +66,11 @@ def main() -> None:
                 "unanswerable": len(unanswerable),
                 "answerable_refused": sum(s < chosen for s in answerable),
                 "answerable_lowest": answerable[:5],
+                "to_refuse_every_unanswerable": {
+                    "threshold_above": highest_unanswerable,
+                    "answerable_refused": sum(s <= highest_unanswerable for s in answerable),
+                    "answerable": len(answerable),
+                },
                 "unanswerable_scores": unanswerable,
                 "cases": rows,
             },

@@ -66,6 +66,10 @@ Event = Retrieved | Delta | Finished
 class Engine:
     """Loads models lazily, once, and keeps the store open between questions."""
 
+    # How the sentences of the retrieved chunks are scored and picked for the answer
+    # (bench/ceiling.py swaps in an oracle to measure the LLM alone).
+    evidence_class: type[Evidence] = Evidence
+
     def __init__(self, settings: Settings | None = None) -> None:
         self.settings = settings or Settings.from_env()
         self._lock = threading.RLock()
@@ -200,7 +204,7 @@ class Engine:
             yield Delta(refusal_message(lang))
             yield finish(refusal_message(lang), True, [])
             return
-        evidence = Evidence(hits, query_vector, self.embedder)
+        evidence = self.evidence_class(hits, query_vector, self.embedder)
         if backend is None:
             text, citations = extractive(
                 evidence.best(EXTRACTIVE_SENTENCES, EXTRACTIVE_MARGIN), lang
