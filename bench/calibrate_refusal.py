@@ -16,11 +16,26 @@ import argparse
 import dataclasses
 import json
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from rag.config import Settings
 from rag.engine import Engine, follow_up_query, previous_question
 from rag.evaluate import load_golden
+
+
+@contextmanager
+def scratch_engine(docs: Path) -> Iterator[Engine]:
+    """An engine over a fresh embedded index of `docs`, removed afterwards."""
+    with tempfile.TemporaryDirectory() as scratch:
+        settings = dataclasses.replace(
+            Settings.from_env(docs_dir=docs, store_dir=Path(scratch) / "store"),
+            chroma_url=None,
+        )
+        engine = Engine(settings)
+        engine.index(progress=False)
+        yield engine
 
 
 def best_cosines(engine: Engine, golden: Path) -> list[dict[str, object]]:
@@ -46,13 +61,7 @@ def main() -> None:
     parser.add_argument("golden", nargs="?", default="tests/qa/golden.jsonl", type=Path)
     parser.add_argument("--docs", default="seeds", type=Path)
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory() as scratch:
-        settings = dataclasses.replace(
-            Settings.from_env(docs_dir=args.docs, store_dir=Path(scratch) / "store"),
-            chroma_url=None,
-        )
-        engine = Engine(settings)
-        engine.index(progress=False)
+    with scratch_engine(args.docs) as engine:
         rows = best_cosines(engine, args.golden)
     answerable = sorted(float(r["best_cosine"]) for r in rows if r["answerable"])  # type: ignore[arg-type]
     unanswerable = sorted(float(r["best_cosine"]) for r in rows if not r["answerable"])  # type: ignore[arg-type]

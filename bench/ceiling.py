@@ -15,13 +15,13 @@ or selection work can take the product above it at that budget. Prints JSON.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import statistics
-import tempfile
 import time
 from pathlib import Path
 from typing import Any, ClassVar
+
+from calibrate_refusal import scratch_engine  # a sibling script: bench/ is on sys.path
 
 from rag.answer import Evidence, Sentence
 from rag.config import Settings
@@ -118,13 +118,7 @@ def main() -> None:
     args = parser.parse_args()
     cases = [c for c in load_golden(args.golden) if c.answerable]
     cases = cases[: args.limit] if args.limit else cases
-    with tempfile.TemporaryDirectory() as scratch:
-        settings = dataclasses.replace(
-            Settings.from_env(docs_dir=args.docs, store_dir=Path(scratch) / "store"),
-            chroma_url=None,
-        )
-        engine = Engine(settings)
-        engine.index(progress=False)
+    with scratch_engine(args.docs) as engine:
         print(json.dumps(measure(engine, cases, args.llm), indent=2, ensure_ascii=False))
 
 
