@@ -272,6 +272,11 @@ class Grounded:
     # every claim of the reply states a figure found in no source or the question:
     # the model made the answer up, which is shown as a refusal
     invented: bool = False
+    kept: int = 0  # claims shown, each tied to a source sentence
+    dropped: int = 0  # claims removed for a figure that no source states
+
+    def support(self) -> dict[str, int]:
+        return {"supported": self.kept, "recited": 0, "dropped": self.dropped}
 
 
 # Thousands grouped by a space ("41 200", "24\u00a0000"), then digit runs with decimal or
@@ -305,8 +310,9 @@ def ground(
         return None
     known = figures(question).union(*(figures(s.prompt_text()) for s in sources))
     supported = [c for c in parts if figures(c.text) <= known]
+    dropped = len(parts) - len(supported)
     if not supported:
-        return Grounded("", [], invented=True)
+        return Grounded("", [], invented=True, dropped=dropped)
     if len(supported) < len(parts):
         parts = supported
         text = " ".join(_with_markers(c) for c in parts)
@@ -323,7 +329,7 @@ def ground(
     if not any(c.numbers for c in parts):
         # the reply cited nothing itself: show where its content comes from
         text = text + " " + "".join(f"[{n}]" for n in sorted({c.n for c in cited}))
-    return Grounded(text, cited)
+    return Grounded(text, cited, kept=len(parts), dropped=dropped)
 
 
 def _with_markers(claim: Claim) -> str:

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from rag.config import ConfigError, Settings
-from rag.records import UserError
+from rag.records import UserError, one_line
 
 EXIT_USER_ERROR = 1
 EXIT_INTERNAL = 3
@@ -62,22 +62,21 @@ def cmd_index(args: argparse.Namespace) -> int:
     return 0
 
 
+def _server(args: argparse.Namespace) -> Any:
+    """A running `rag serve` for this store, or None (then the command works in-process)."""
+    from rag.client import find_server
+
+    return find_server(_settings(args))
+
+
 def cmd_search(args: argparse.Namespace) -> int:
-    hits = _engine(args).search(args.query, args.k)
-    rows = [
-        {
-            "rank": h.rank,
-            "file": Path(h.chunk.path).name,
-            "path": h.chunk.path,
-            "lines": [h.chunk.first_line, h.chunk.last_line],
-            "score": round(h.score, 4),
-            "text": h.chunk.text,
-            "chunk_id": h.chunk.chunk_id,
-        }
-        for h in hits
-    ]
+    server = _server(args)
+    if server is not None:
+        rows, via = server.search(args.query, args.k), "server"
+    else:
+        rows, via = [h.as_row() for h in _engine(args).search(args.query, args.k)], "in-process"
     if args.json:
-        _print_json(rows)
+        _print_json([{**row, "via": via} for row in rows])
         return 0
     for row in rows:
         first, last = row["lines"]
@@ -86,50 +85,82 @@ def cmd_search(args: argparse.Namespace) -> int:
     return 0
 
 
-def _print_sources(answer: Any) -> None:
-    if answer.refused or not answer.citations:
+def _print_sources(answer: dict[str, Any]) -> None:
+    if answer["refused"] or not answer["citations"]:
         return
     print("\nSources:")
-    for c in answer.citations:
-        url = f"  {c.url}" if c.url else ""
-        print(f"  [{c.n}] {c.path}:{c.lines[0]}-{c.lines[1]}{url}\n      «{c.quote}»")
+    for c in answer["citations"]:
+        url = f"  {c['url']}" if c.get("url") else ""
+        first, last = c["lines"]
+        print(f"  [{c['n']}] {c['path']}:{first}-{last}{url}\n      «{c['quote']}»")
 
 
-def _stream_answer(engine: Any, question: str, history: list[dict[str, str]], args: Any) -> Any:
-    """Print the answer as it streams, then its sources; return the final Answer."""
-    from rag.engine import Delta, Finished
+class _Answerer:
+    """Answers through a running server when there is one, else in-process: the same
+    events either way, ("delta", text)... then ("final", the answer's dict)."""
 
-    answer = None
-    streamed = ""
-    for event in engine.ask_stream(question, history, llm=args.llm, k=args.k):
-        if isinstance(event, Delta):
-            streamed += event.text
-            print(event.text, end="", flush=True)
-        elif isinstance(event, Finished):
-            answer = event.answer
-    if answer is not None and answer.answer.strip() != streamed.strip():
-        # markers were cleaned or the reply was replaced: show the final text
-        print(f"\n\n{answer.answer}")
-    print()
-    _print_sources(answer)
-    return answer
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.server = _server(args)
+        self.via = "server" if self.server is not None else "in-process"
+        self.engine = None if self.server is not None else _engine(args)
+
+    def events(self, question: str, history: list[dict[str, str]]) -> Any:
+        if self.server is not None:
+            yield from self.server.ask_stream(question, history, self.args.llm, self.args.k)
+            return
+        from rag.engine import Delta, Finished
+
+        for event in self.engine.ask_stream(question, history, llm=self.args.llm, k=self.args.k):
+            if isinstance(event, Delta):
+                yield "delta", event.text
+            elif isinstance(event, Finished):
+                yield "final", event.answer.as_dict()
+
+    def answer(self, question: str, history: list[dict[str, str]]) -> dict[str, Any]:
+        for kind, data in self.events(question, history):
+            if kind == "final":
+                return {**data, "via": self.via}
+        raise UserError("the answer ended early; try again")
+
+    def stream(self, question: str, history: list[dict[str, str]]) -> dict[str, Any]:
+        """Print the answer as it streams, then its sources; return the final answer."""
+        answer: dict[str, Any] | None = None
+        streamed = ""
+        for kind, data in self.events(question, history):
+            if kind == "delta":
+                streamed += data
+                print(data, end="", flush=True)
+            elif kind == "final":
+                answer = data
+        if answer is None:
+            raise UserError("the answer ended early; try again")
+        if answer["answer"].strip() != streamed.strip():
+            # markers were cleaned or the reply was replaced: show the final text
+            print(f"\n\n{answer['answer']}")
+        print()
+        _print_sources(answer)
+        return answer
 
 
 def cmd_ask(args: argparse.Namespace) -> int:
-    engine = _engine(args)
+    answerer = _Answerer(args)
     if args.json:
-        _print_json(engine.ask(args.question, llm=args.llm, k=args.k).as_dict())
+        _print_json(answerer.answer(args.question, []))
         return 0
-    _stream_answer(engine, args.question, [], args)
+    answerer.stream(args.question, [])
     return 0
 
 
 def cmd_chat(args: argparse.Namespace) -> int:
-    engine = _engine(args)
+    answerer = _Answerer(args)
     history: list[dict[str, str]] = []
-    # While the first question is typed, the LLM loads and caches its fixed prompt;
-    # a failure there is reported by the first question, which loads it again.
-    threading.Thread(target=_prime_quietly, args=(engine, args.llm), daemon=True).start()
+    if answerer.engine is not None:
+        # While the first question is typed, the LLM loads and caches its fixed prompt;
+        # a failure there is reported by the first question, which loads it again.
+        threading.Thread(
+            target=_prime_quietly, args=(answerer.engine, args.llm), daemon=True
+        ).start()
     print("Ask about your documents (empty line or Ctrl-D to quit).")
     while True:
         try:
@@ -139,13 +170,13 @@ def cmd_chat(args: argparse.Namespace) -> int:
         if not question:
             return 0
         try:
-            answer = _stream_answer(engine, question, history, args)
+            answer = answerer.stream(question, history)
         except UserError as exc:
             print(f"error: {exc}", file=sys.stderr)
             continue
         history += [
             {"role": "user", "content": question},
-            {"role": "assistant", "content": answer.answer},
+            {"role": "assistant", "content": answer["answer"]},
         ]
 
 
@@ -174,6 +205,13 @@ def cmd_watch(args: argparse.Namespace) -> int:
     # SIGTERM (a service manager stopping us) ends the watch after the current round.
     signal.signal(signal.SIGTERM, lambda signum, frame: stop.set())
     watch(_settings(args), as_json=args.json, stop=stop)
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from rag.server import serve
+
+    serve(_settings(args), args.host, args.port)
     return 0
 
 
@@ -255,6 +293,12 @@ def build_parser() -> argparse.ArgumentParser:
     store_arg(p)
     p = command("status", cmd_status, "Show what is indexed and which models are used.")
     store_arg(p)
+    p = command("serve", cmd_serve, "Serve the assistant over HTTP (OpenAI-compatible + REST).")
+    p.add_argument("--docs", type=Path, help="documents folder (RAG_DOCS, default seeds/)")
+    store_arg(p)
+    p.add_argument("--host", help="address to bind (RAG_SERVE_HOST, default 127.0.0.1)")
+    p.add_argument("--port", type=int, help="port (RAG_SERVE_PORT, default 8765; 0: any free)")
+    p.add_argument("--llm", choices=["local", "openai", "none"], help="RAG_LLM, default local")
     p = command("eval", cmd_eval, "Run a golden Q&A file (JSON Lines) and score the answers.")
     p.add_argument("file", type=Path, help="golden file, e.g. tests/qa/golden.jsonl")
     store_arg(p)
@@ -289,8 +333,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if os.environ.get("RAG_DEBUG"):
             raise
         print(
-            f"internal error: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
-            " (set RAG_DEBUG=1 for details)",
+            f"internal error: {type(exc).__name__}: {one_line(exc)} (set RAG_DEBUG=1 for details)",
             file=sys.stderr,
         )
         return EXIT_INTERNAL

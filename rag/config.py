@@ -72,6 +72,16 @@ class Settings:
     history_turns: int = 6
     answer_language: str = "auto"
     lock_wait: float = 120.0
+    # `rag serve`: loopback unless told otherwise; any other address needs RAG_API_KEY.
+    serve_host: str = "127.0.0.1"
+    serve_port: int = 8765
+    api_key: str = ""
+    serve_max_body_kb: int = 1024
+    # LLM answers waiting for the one generation slot; more are turned away with 429
+    serve_queue: int = 4
+    # The CLI's server: a URL, "" for the address `rag serve` wrote into the store
+    # folder, or "off" to always answer in-process.
+    server: str = ""
 
     @classmethod
     def from_env(cls, **overrides: object) -> Settings:

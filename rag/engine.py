@@ -193,12 +193,16 @@ class Engine:
         gate = not hits or confidence < self.settings.refusal_threshold
         yield Retrieved(hits, lang, search_query, gate)
 
-        def finish(text: str, refused: bool, citations: list[Any]) -> Finished:
+        def finish(
+            text: str, refused: bool, citations: list[Any], support: dict[str, int] | None = None
+        ) -> Finished:
             timings.setdefault("first_token_ms", _ms(started))
             timings["total_ms"] = _ms(started)
-            return Finished(
-                Answer(question, lang, text, refused, citations, hits, name, timings, search_query)
+            answer = Answer(
+                question, lang, text, refused, citations, hits, name, timings, search_query
             )
+            answer.support = support or _quoted_support(citations)
+            return Finished(answer)
 
         if gate:
             yield Delta(refusal_message(lang))
@@ -225,7 +229,7 @@ class Engine:
             return
         grounded = ground(reply, sources, self.embedder, f"{previous or ''}\n{question}")
         if grounded is not None and grounded.invented:
-            yield finish(refusal_message(lang), True, [])
+            yield finish(refusal_message(lang), True, [], grounded.support())
             return
         if grounded is None:  # nothing in the reply can be tied to a source: quote instead
             text, citations = extractive(
@@ -233,7 +237,7 @@ class Engine:
             )
             yield finish(text, False, citations)
             return
-        yield finish(grounded.text, False, grounded.citations)
+        yield finish(grounded.text, False, grounded.citations, grounded.support())
 
     def _language(self, question: str, previous: str | None, fixed: str | None) -> str:
         fixed = fixed or self.settings.answer_language
@@ -284,6 +288,11 @@ def previous_question(history: Sequence[dict[str, str]], turns: int) -> str | No
         if message.get("role") == "user" and message.get("content", "").strip():
             return message["content"].strip()
     return None
+
+
+def _quoted_support(citations: list[Any]) -> dict[str, int]:
+    """Support of an answer that quotes its sources: each quote supports itself."""
+    return {"supported": len(citations), "recited": 0, "dropped": 0}
 
 
 def _ms(since: float) -> float:

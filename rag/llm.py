@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from rag.config import Settings
-from rag.records import UserError
+from rag.records import UserError, one_line
 
 BACKENDS = ("local", "openai", "none")
 CHATML_STOP = ["<|im_end|>", "<|endoftext|>", "<|im_start|>"]
@@ -121,14 +121,9 @@ class OpenAIBackend:
                     yield part.delta
         except Exception as exc:  # the client raises many kinds; all mean "server trouble"
             raise LLMError(
-                f"the LLM server at {self.base_url} did not answer ({_first_line(exc)}); "
+                f"the LLM server at {self.base_url} did not answer ({one_line(exc)}); "
                 "check RAG_LLM_BASE_URL / RAG_LLM_MODEL or use --llm none"
             ) from exc
-
-
-def _first_line(exc: BaseException) -> str:
-    lines = str(exc).strip().splitlines()
-    return (lines[0] if lines else type(exc).__name__)[:200]
 
 
 def make_backend(name: str, settings: Settings) -> ChatBackend | None:

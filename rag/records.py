@@ -14,6 +14,12 @@ class UserError(Exception):
     """An error shown to the user as one line, never as a traceback."""
 
 
+def one_line(exc: BaseException, limit: int = 300) -> str:
+    """An exception as the one line a user sees: its first line, else its type."""
+    lines = str(exc).strip().splitlines()
+    return (lines[0] if lines else type(exc).__name__)[:limit]
+
+
 @dataclass(frozen=True)
 class Skipped:
     """A file that was not indexed, and why (one line)."""
@@ -112,6 +118,18 @@ class Hit:
     dense_score: float | None = None
     keyword_score: float | None = None
 
+    def as_row(self) -> dict[str, Any]:
+        """What `rag search --json` and the server's `/search` show for one hit."""
+        return {
+            "rank": self.rank,
+            "file": self.chunk.path.rsplit("/", 1)[-1],
+            "path": self.chunk.path,
+            "lines": [self.chunk.first_line, self.chunk.last_line],
+            "score": round(self.score, 4),
+            "text": self.chunk.text,
+            "chunk_id": self.chunk.chunk_id,
+        }
+
 
 @dataclass
 class Citation:
@@ -148,6 +166,11 @@ class Answer:
     backend: str
     timings: dict[str, float] = field(default_factory=dict)
     search_query: str = ""  # what retrieval actually searched (follow-ups add context)
+    # claims of the reply kept as cited, re-cited to another sentence, and dropped as
+    # unsupported (see rag.answer.ground)
+    support: dict[str, int] = field(
+        default_factory=lambda: {"supported": 0, "recited": 0, "dropped": 0}
+    )
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -157,15 +180,11 @@ class Answer:
             "refused": self.refused,
             "citations": [c.as_dict() for c in self.citations],
             "retrieved": [
-                {
-                    "rank": h.rank,
-                    "file": h.chunk.path.rsplit("/", 1)[-1],
-                    "path": h.chunk.path,
-                    "lines": [h.chunk.first_line, h.chunk.last_line],
-                    "score": round(h.score, 4),
-                }
+                {key: h.as_row()[key] for key in ("rank", "file", "path", "lines", "score")}
                 for h in self.retrieved
             ],
+            "support": dict(self.support),
+            "search_query": self.search_query,
             "timings": {k: round(v, 1) for k, v in self.timings.items()},
             "backend": self.backend,
         }

@@ -25,7 +25,7 @@ from urllib.parse import urlparse
 import numpy as np
 
 from rag.config import Settings
-from rag.records import Chunk, UserError
+from rag.records import Chunk, UserError, one_line
 
 MANIFEST_NAME = "manifest.sqlite3"
 CHROMA_DIR_NAME = "chroma"
@@ -237,19 +237,14 @@ def _connect(settings: Settings) -> tuple[Any, Any]:
         return _private_client(path)
     except Exception as exc:
         raise StoreError(
-            f"the Chroma store in {path} cannot be opened ({_one_line(exc)}); "
+            f"the Chroma store in {path} cannot be opened ({one_line(exc)}); "
             "run `rag index --rebuild`"
         ) from exc
 
 
-def _one_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return (text[0] if text else type(exc).__name__)[:200]
-
-
 def _unreachable(url: str, exc: BaseException) -> str:
     return (
-        f"cannot reach the Chroma server at {url} ({_one_line(exc)}); "
+        f"cannot reach the Chroma server at {url} ({one_line(exc)}); "
         "start it (`chroma run --path DIR`) or unset RAG_CHROMA_URL"
     )
 
@@ -448,7 +443,7 @@ class Store:
                 collection = self.client.get_collection(name, embedding_function=None)
         except Exception as exc:
             raise StoreError(
-                f"the Chroma collection {name!r} cannot be opened ({_one_line(exc)}); "
+                f"the Chroma collection {name!r} cannot be opened ({one_line(exc)}); "
                 "run `rag index` (or `rag index --rebuild`)"
             ) from exc
         self._check_identity((collection.metadata or {}).get("embed_model"))
@@ -506,17 +501,17 @@ class Store:
         except Exception as exc:
             raise StoreError(
                 f"the Chroma collection {self.settings.collection!r} is gone "
-                f"({_one_line(exc)}); run `rag index`"
+                f"({one_line(exc)}); run `rag index`"
             ) from exc
 
     def _failure(self, exc: BaseException) -> str:
         if self.settings.chroma_url:
             return (
-                f"the Chroma server at {self.settings.chroma_url} failed ({_one_line(exc)}); "
+                f"the Chroma server at {self.settings.chroma_url} failed ({one_line(exc)}); "
                 "check that it is running (`chroma run --path DIR`), then try again"
             )
         return (
-            f"the Chroma store in {self.dir / CHROMA_DIR_NAME} failed ({_one_line(exc)}); "
+            f"the Chroma store in {self.dir / CHROMA_DIR_NAME} failed ({one_line(exc)}); "
             "if this persists, run `rag index --rebuild`"
         )
 

@@ -24,7 +24,7 @@ from typing import Any
 
 from rag.config import Settings
 from rag.indexer import IndexReport, PassageEmbedder, index_folder
-from rag.records import UserError
+from rag.records import UserError, one_line
 from rag.store import MANIFEST_NAME, Manifest
 
 # Quiet time after the last event before a round starts: a copy of many files or an
@@ -98,11 +98,6 @@ def describe(
     events += [WatchEvent(stamp, "removed", path) for path in removed]
     events += [WatchEvent(stamp, "skipped", p, detail=r) for p, r in sorted(skipped.items())]
     return events
-
-
-def _one_line(exc: BaseException) -> str:
-    lines = str(exc).strip().splitlines()
-    return (lines[0] if lines else type(exc).__name__)[:300]
 
 
 def _now() -> str:
@@ -237,7 +232,7 @@ class Watcher:
             observer.schedule(self.changes, docs, recursive=True)
             observer.start()
         except OSError as exc:  # e.g. the inotify watch limit: poll instead
-            self.emit(WatchEvent(_now(), "error", detail=f"{_one_line(exc)}; polling instead"))
+            self.emit(WatchEvent(_now(), "error", detail=f"{one_line(exc)}; polling instead"))
             observer = PollingObserver(timeout=1)
             observer.schedule(self.changes, docs, recursive=True)
             observer.start()
@@ -279,8 +274,8 @@ class Watcher:
         except Exception as exc:  # one line, and the watcher goes on
             self._dirty = True
             self._next_round = time.monotonic() + RETRY_SECONDS
-            if _one_line(exc) != self._last_error:  # not the same line every 5 s
-                self._last_error = _one_line(exc)
+            if one_line(exc) != self._last_error:  # not the same line every 5 s
+                self._last_error = one_line(exc)
                 self.emit(WatchEvent(_now(), "error", detail=self._last_error))
             return
         self._last_error = ""
