@@ -52,7 +52,7 @@ def fact_in_prompt(engine: Engine, case: GoldenCase, evidence_class: type[Eviden
     query = follow_up_query(case.question, previous)
     vector = engine.embedder.embed_query(query)
     evidence = evidence_class(engine.search(query, query_vector=vector), vector, engine.embedder)
-    sources = evidence.select(engine.settings.context_tokens)
+    sources = evidence.select(int(engine.settings.context_tokens))
     return holds_fact(" ".join(s.prompt_text() for s in sources), case)
 
 

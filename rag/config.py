@@ -59,10 +59,13 @@ class Settings:
     llm_threads: int = field(default_factory=lambda: os.cpu_count() or 2)
     llm_context: int = 4096
     llm_max_tokens: int = 384
-    # Source sentences in the LLM prompt (cl100k tokens). Time to first token is mostly
-    # prompt processing (~100 tokens/s here); at 700 the golden set's median was 8.7 s,
-    # at 280 it is under 4 s, for fewer facts in reach (bench/query.py --llm).
-    context_tokens: int = 280
+    # Source sentences in the LLM prompt (cl100k tokens), or "auto". Time to first token
+    # is mostly prompt processing (~100 tokens/s on 2 AVX2 cores); at 700 the golden
+    # set's median was 8.7 s, at 280 it is under 4 s, for fewer facts in reach
+    # (bench/query.py --llm). "auto" sizes it per answer to the prompt speed measured on
+    # this machine, so that the first token comes after about `first_token_target` s.
+    context_tokens: str = "280"
+    first_token_target: float = 2.5
     # Below this best cosine (question vs. chunk) the answer is a refusal, with no LLM
     # call. Calibrated for multilingual-e5-small on tests/qa/golden.jsonl by
     # bench/calibrate_refusal.py: the midpoint between the lowest answerable case
@@ -96,6 +99,8 @@ class Settings:
         for name in ("docs_dir", "store_dir", "cache_dir"):
             if name in values:
                 values[name] = Path(str(values[name])).expanduser()
+        if "context_tokens" in values:
+            values["context_tokens"] = _context_tokens(str(values["context_tokens"]))
         return replace(base, **values)  # type: ignore[arg-type]
 
     @property
@@ -110,6 +115,13 @@ _ENV_NAMES = {"docs_dir": "RAG_DOCS", "store_dir": "RAG_STORE", "cache_dir": "RA
 def env_name(setting: str) -> str:
     """The environment variable that sets `setting`."""
     return _ENV_NAMES.get(setting, f"RAG_{setting.upper()}")
+
+
+def _context_tokens(raw: str) -> str:
+    value = raw.strip().lower()
+    if value == "auto" or (value.isdigit() and int(value) > 0):
+        return value
+    raise ConfigError(f"RAG_CONTEXT_TOKENS={raw!r} must be a positive number of tokens or 'auto'")
 
 
 def _coerce(default: object, raw: str, name: str) -> object:

@@ -26,7 +26,7 @@ from rag.answer import (
 from rag.config import Settings
 from rag.indexer import IndexReport, index_folder
 from rag.language import LANGUAGE_NAMES, detect_language
-from rag.llm import BACKENDS, ChatBackend, LLMError, Message, make_backend
+from rag.llm import BACKENDS, ChatBackend, LLMError, Message, context_budget, make_backend
 from rag.models import Embedder, embedder_identity, load_embedder, model_status
 from rag.records import Answer, Hit, UserError
 from rag.retrieve import HybridRetriever, keyword_index_for
@@ -217,7 +217,14 @@ class Engine:
             yield Delta(text)
             yield finish(text, False, citations)
             return
-        sources = evidence.select(self.settings.context_tokens)
+        budget = context_budget(
+            self.settings.context_tokens,
+            backend,
+            time.perf_counter() - started,
+            self.settings.first_token_target,
+        )
+        timings["context_tokens"] = budget
+        sources = evidence.select(budget)
         messages = build_messages(question, sources, lang, previous)
         reply = ""
         for delta in stream_hold(backend.stream(messages)):

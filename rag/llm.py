@@ -9,6 +9,7 @@ Both model backends go through llama-index's LLM wrappers.
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -17,6 +18,16 @@ from rag.config import Settings
 from rag.records import UserError, one_line
 
 BACKENDS = ("local", "openai", "none")
+# RAG_CONTEXT_TOKENS=auto: the source budget (cl100k tokens, about as many as Qwen's)
+# before the local model's prompt speed is measured (280 gave a 3.0 s first token on an
+# AVX2 build with 2 cores, bench/query.py), its bounds, and the prompt tokens that are
+# neither cached nor sources (template and question, ~60-90 in the golden set).
+AUTO_UNMEASURED_TOKENS = 280
+AUTO_MIN_TOKENS = 200
+AUTO_MAX_TOKENS = 1500
+AUTO_REMOTE_TOKENS = 1000  # an LLM server (GPU) processes prompts far faster than a CPU
+QUESTION_TOKENS = 80
+FIRST_DECODE_S = 0.1  # one decode step of the 1.5B model on 2 cores, ~12 tokens/s
 CHATML_STOP = ["<|im_end|>", "<|endoftext|>", "<|im_start|>"]
 
 
@@ -51,6 +62,41 @@ def _role(message: Any) -> str:
     return str(getattr(role, "value", role))
 
 
+class PrefillMeter:
+    """How fast this machine processes prompt tokens, measured on the prompts it runs
+    (the warm-up's fixed prefix, then every answer's sources), so the context can be
+    sized to the time the asker waits for the first token."""
+
+    MIN_TOKENS = 48  # fewer new tokens time the first decode step, not the prompt
+
+    def __init__(self) -> None:
+        self.tokens_per_s: float | None = None
+
+    def record(self, new_tokens: int, seconds: float) -> None:
+        if new_tokens < self.MIN_TOKENS or seconds <= 0:
+            return
+        speed = new_tokens / seconds
+        previous = self.tokens_per_s
+        self.tokens_per_s = speed if previous is None else 0.7 * previous + 0.3 * speed
+
+
+def context_budget(
+    setting: str, backend: ChatBackend | None, elapsed_s: float, target_s: float
+) -> int:
+    """Source tokens for the prompt: the number in RAG_CONTEXT_TOKENS, or for `auto`
+    as many as the measured prompt speed processes in the time left before the first
+    token is due (`target_s`, of which `elapsed_s` went to retrieval already)."""
+    if setting != "auto":
+        return int(setting)
+    if backend is None or backend.name != "local":
+        return AUTO_REMOTE_TOKENS
+    speed = backend.prefill.tokens_per_s  # type: ignore[attr-defined]
+    if not speed:
+        return AUTO_UNMEASURED_TOKENS
+    budget = (target_s - elapsed_s - FIRST_DECODE_S) * speed - QUESTION_TOKENS
+    return int(min(AUTO_MAX_TOKENS, max(AUTO_MIN_TOKENS, budget)))
+
+
 class LocalBackend:
     """llama.cpp in-process; one generation at a time (the model is not re-entrant)."""
 
@@ -63,6 +109,7 @@ class LocalBackend:
 
         path = ensure_llm_gguf(settings.cache_dir)
         self._lock = threading.Lock()
+        self.prefill = PrefillMeter()
         try:
             self._llm = LlamaCPP(
                 model_path=str(path),
@@ -84,10 +131,29 @@ class LocalBackend:
             raise LLMError(f"the local model {path} could not be loaded ({exc})") from exc
 
     def stream(self, messages: Sequence[Message]) -> Iterator[str]:
+        prompt = chatml(messages)
         with self._lock:
-            for part in self._llm.stream_complete(chatml(messages), formatted=True):
+            new_tokens = self._uncached_tokens(prompt)
+            started = time.perf_counter()
+            timed = False
+            for part in self._llm.stream_complete(prompt, formatted=True):
+                if not timed:
+                    self.prefill.record(new_tokens, time.perf_counter() - started)
+                    timed = True
                 if part.delta:
                     yield part.delta
+
+    def _uncached_tokens(self, prompt: str) -> int:
+        """Tokens of `prompt` that llama.cpp must process: those after the prefix it
+        still holds from the previous prompt."""
+        llama = self._llm._model
+        tokens = llama.tokenize(prompt.encode("utf-8"), add_bos=True, special=True)
+        cached = 0
+        for old, new in zip(llama._input_ids.tolist(), tokens, strict=False):
+            if old != new:
+                break
+            cached += 1
+        return len(tokens) - cached
 
 
 class OpenAIBackend:

@@ -18,9 +18,10 @@ from typing import Any
 import pytest
 
 from rag.answer import fixed_messages
-from rag.config import Settings
+from rag.config import ConfigError, Settings
 from rag.engine import Delta, Engine, Finished, Retrieved
 from rag.indexer import index_folder
+from rag.llm import PrefillMeter, context_budget
 
 from .conftest import ROOT, SEEDS
 
@@ -178,3 +179,55 @@ def test_local_model_answers_in_the_question_language_with_citations(
     assert not answer.refused and answer.language == language
     assert answer.citations and all(c.file == SEED for c in answer.citations)
     assert "90" in answer.answer
+
+
+class _Measured:
+    name = "local"
+
+    def __init__(self, tokens_per_s: float | None) -> None:
+        self.prefill = PrefillMeter()
+        self.prefill.tokens_per_s = tokens_per_s
+
+
+def test_fixed_context_budget_is_taken_as_set() -> None:
+    assert context_budget("450", _Measured(500.0), 0.1, 2.5) == 450  # type: ignore[arg-type]
+
+
+def test_auto_context_budget_follows_the_measured_prompt_speed() -> None:
+    slow, fast = _Measured(200.0), _Measured(400.0)
+    assert context_budget("auto", slow, 0.2, 2.5) == int((2.5 - 0.2 - 0.1) * 200 - 80)  # type: ignore[arg-type]
+    assert context_budget("auto", fast, 0.2, 2.5) > context_budget("auto", slow, 0.2, 2.5)  # type: ignore[arg-type]
+    assert context_budget("auto", _Measured(10.0), 0.2, 2.5) == 200  # floor  # type: ignore[arg-type]
+    assert context_budget("auto", _Measured(9999.0), 0.2, 2.5) == 1500  # ceiling  # type: ignore[arg-type]
+    assert context_budget("auto", _Measured(None), 0.2, 2.5) == 280  # not measured yet  # type: ignore[arg-type]
+    assert context_budget("auto", None, 0.2, 2.5) == 1000  # no local model: a server
+
+
+def test_prefill_meter_ignores_prompts_too_short_to_time() -> None:
+    meter = PrefillMeter()
+    meter.record(10, 0.1)  # a cached prompt: mostly the first decode step
+    assert meter.tokens_per_s is None
+    meter.record(300, 3.0)
+    meter.record(300, 1.5)
+    assert meter.tokens_per_s == pytest.approx(0.7 * 100 + 0.3 * 200)
+
+
+def test_context_tokens_setting_is_a_number_or_auto(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RAG_CONTEXT_TOKENS", "Auto")
+    assert Settings.from_env().context_tokens == "auto"
+    monkeypatch.setenv("RAG_CONTEXT_TOKENS", "-3")
+    with pytest.raises(ConfigError, match="RAG_CONTEXT_TOKENS"):
+        Settings.from_env()
+
+
+@pytest.mark.llm
+def test_local_model_measures_its_prompt_speed_while_warming_up(
+    seed_settings: Settings, embedder
+) -> None:
+    engine = Engine(seed_settings)
+    engine._embedder = embedder
+    engine.prime("local")
+    speed = engine.backend("local").prefill.tokens_per_s  # type: ignore[union-attr]
+    assert speed is not None and 5 < speed < 5000
+    answer = engine.ask("How many innovative startups does Dong Nai have?", llm="local")
+    assert 200 <= answer.timings["context_tokens"] <= 1500
