@@ -28,6 +28,11 @@ from rag.config import PROMPTS_DIR
 from rag.language import LANGUAGE_NAMES
 from rag.llm import Message
 from rag.records import Citation, Hit
+from rag.tuning import ATTACH_MIN_SIMILARITY, MIN_SENTENCE_CHARS, RANK_PENALTY
+
+# Re-exported: the engine picks the extractive answer's size from here.
+from rag.tuning import EXTRACTIVE_MARGIN as EXTRACTIVE_MARGIN
+from rag.tuning import EXTRACTIVE_SENTENCES as EXTRACTIVE_SENTENCES
 
 # Phrases with which a model says the sources hold no answer (besides NOT_FOUND).
 REFUSAL_MARKERS = (
@@ -51,18 +56,6 @@ REFUSAL_MARKERS = (
     "không tìm thấy",
     "không đề cập",
 )
-# Extractive answers quote at most this many sentences, each within this cosine of the
-# best one (e5 similarities are compressed into roughly 0.7-0.95).
-EXTRACTIVE_SENTENCES = 3
-EXTRACTIVE_MARGIN = 0.04
-# An uncited claim is attached to the closest sentence only when it is at least this
-# similar; below it the claim is not treated as grounded.
-ATTACH_MIN_SIMILARITY = 0.80
-MIN_SENTENCE_CHARS = 12
-# Subtracted from a sentence's similarity per retrieval rank of its passage (Evidence.
-# ranked). On the golden set, the share of answerable questions whose fact is in the
-# 300 selected tokens: 42/60 without it, 45 with 0.01, 44 with 0.02.
-RANK_PENALTY = 0.01
 
 
 class Embeds(Protocol):
@@ -112,16 +105,21 @@ class SentenceVectors:
 
     The same chunks come back for many questions, and embedding their sentences is
     the main cost of an answer without an LLM, so each sentence is embedded once per
-    process (bounded; the oldest are forgotten first).
+    process (bounded; the oldest are forgotten first). Vectors are keyed by the
+    embedder's `identity` (its model and version: the same vectors whichever instance
+    made them); an embedder without one is not cached.
     """
 
     def __init__(self, capacity: int = 50_000) -> None:
         self.capacity = capacity
-        self._vectors: OrderedDict[tuple[int, str], np.ndarray] = OrderedDict()
+        self._vectors: OrderedDict[tuple[str, str], np.ndarray] = OrderedDict()
         self._lock = threading.Lock()
 
     def embed(self, embedder: Embeds, texts: list[str]) -> list[np.ndarray]:
-        keys = [(id(embedder), text) for text in texts]
+        identity = getattr(embedder, "identity", None)
+        if not isinstance(identity, str) or not identity:
+            return list(embedder.embed_passages(texts))
+        keys = [(identity, text) for text in texts]
         with self._lock:
             missing = list(dict.fromkeys(k for k in keys if k not in self._vectors))
         if missing:

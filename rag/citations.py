@@ -8,7 +8,10 @@ a marker left with none is removed, so nothing cites a source that does not exis
 from __future__ import annotations
 
 import re
+from bisect import bisect_right
 from dataclasses import dataclass
+
+from rag.chunking import split_sentences
 
 # [1]  [1, 2]  [1,2]  [1-3]  [1–3]  [1; 2]  [Source 1]  【1】
 MARKER = re.compile(
@@ -73,36 +76,26 @@ def cited_numbers(text: str) -> list[int]:
     return list(dict.fromkeys(numbers))
 
 
-_SENTENCE_END = re.compile(r"(?<=[.!?。])(?:\s*(?:[\[【][^\]】]*[\]】]))*(?:\s+|$)|\n+")
-
-
 def claims(text: str) -> list[Claim]:
     """Split an answer into sentences, each with the numbers it cites.
 
-    A marker right after a sentence's full stop ("... in 2024. [2]") belongs to that
-    sentence, which is where models usually put it.
+    Sentences are split as documents are (rag.chunking.split_sentences), with the
+    markers blanked out first: "in 2024 [1]. Next" and "in 2024.[1] Next" split like
+    "in 2024. Next". A marker between two sentences ("... in 2024. [2] Next", or on a
+    line of its own) cites the sentence before it, which is where models put it.
     """
-    result = []
-    start = 0
-    for match in _SENTENCE_END.finditer(text):
-        end = match.end()
-        piece = text[start:end].strip()
-        if piece:
-            result.append(Claim(strip_markers(piece), tuple(cited_numbers(piece))))
-        start = end
-    tail = text[start:].strip()
-    if tail:
-        result.append(Claim(strip_markers(tail), tuple(cited_numbers(tail))))
-    return _merge_bare_markers(result)
-
-
-def _merge_bare_markers(parts: list[Claim]) -> list[Claim]:
-    """A marker standing alone cites the sentence before it."""
-    merged: list[Claim] = []
-    for claim in parts:
-        if not claim.text and merged:
-            last = merged[-1]
-            merged[-1] = Claim(last.text, tuple(dict.fromkeys(last.numbers + claim.numbers)))
-        elif claim.text or claim.numbers:
-            merged.append(claim)
-    return merged
+    markers = list(MARKER.finditer(text))
+    blanked = MARKER.sub(lambda m: " " * len(m.group()), text)
+    spans = split_sentences(blanked)
+    if not spans:
+        return [Claim("", tuple(cited_numbers(text)))] if markers else []
+    numbers: list[list[int]] = [[] for _ in spans]
+    starts = [start for start, _ in spans]
+    for marker in markers:
+        # the sentence it stands in or after; a marker before the first, the first
+        sentence = max(0, bisect_right(starts, marker.start()) - 1)
+        numbers[sentence] += marker_numbers(marker.group(1))
+    return [
+        Claim(strip_markers(text[start:end]), tuple(dict.fromkeys(cited)))
+        for (start, end), cited in zip(spans, numbers, strict=True)
+    ]

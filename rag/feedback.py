@@ -6,7 +6,6 @@ good answer becomes a check that it stays good and a bad one a check that gets f
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import json
 import re
@@ -14,8 +13,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from rag.citations import MARKER
 from rag.config import PROJECT_ROOT
+from rag.files import lock_exclusively
 from rag.language import LANGUAGE_NAMES, detect_language
+from rag.names import BULLETS, SENTENCE_OPENERS, capitalized_name
 from rag.records import Answer, UserError
 
 # Where the UI appends saved cases; a module constant on purpose (not a setting): the
@@ -23,8 +25,9 @@ from rag.records import Answer, UserError
 SAVED_CASES = PROJECT_ROOT / "tests" / "qa" / "saved.jsonl"
 SAVED_TAG = "saved-from-ui"
 THUMBS_TAGS = {0: "thumbs-down", 1: "thumbs-up"}  # st.feedback("thumbs") values
+# Seconds to wait for another session's save (it takes milliseconds).
+SAVE_LOCK_WAIT = 10.0
 
-_MARKERS = re.compile(r"\[\d+(?:\s*,\s*\d+)*\]")
 _NUMBER = re.compile(r"(?<!\w)\d+(?:[.,]\d+)*")  # not the 2 of "L2Pro"
 _WORD = re.compile(r"[^\W\d_][\w'’-]*")
 
@@ -32,7 +35,7 @@ _WORD = re.compile(r"[^\W\d_][\w'’-]*")
 def salient_phrase(text: str) -> str:
     """A token the answer should keep containing: its first number, else its longest
     name (a run of capitalized words, "Hoang Duc Thao"), else its longest word."""
-    text = _MARKERS.sub(" ", text)
+    text = MARKER.sub(" ", text)
     number = _NUMBER.search(text)
     if number:
         return number.group(0)
@@ -45,20 +48,16 @@ def _names(text: str) -> list[str]:
     runs: list[tuple[list[str], bool]] = []  # (words, starts a sentence)
     last_end: int | None = None
     for match in _WORD.finditer(text):
-        if not match.group(0)[0].isupper():
+        name = capitalized_name(text, match.start(), SENTENCE_OPENERS + BULLETS)
+        if name is False:
             last_end = None
             continue
         if last_end is not None and text[last_end : match.start()] == " ":
             runs[-1][0].append(match.group(0))
         else:
-            runs.append(([match.group(0)], _starts_sentence(text, match.start())))
+            runs.append(([match.group(0)], name is None))
         last_end = match.end()
     return [" ".join(words) for words, first in runs if len(words) > 1 or not first]
-
-
-def _starts_sentence(text: str, start: int) -> bool:
-    before = text[:start].rstrip()
-    return not before or before[-1] in ".!?:;«»\"'-–•*\n"
 
 
 def case_id(question: str, history: Sequence[dict[str, str]] = ()) -> str:
@@ -118,7 +117,9 @@ def save_case(path: Path, case: dict[str, Any]) -> dict[str, Any]:
     line = json.dumps(case, ensure_ascii=False) + "\n"
     try:
         with open(path, "a+", encoding="utf-8") as handle:
-            fcntl.flock(handle, fcntl.LOCK_EX)  # two browser sessions may save at once
+            # Two browser sessions may save at once; each holds the lock for a moment.
+            if not lock_exclusively(handle, SAVE_LOCK_WAIT):
+                raise UserError(f"{path.name} is being written by another session; try again")
             handle.seek(0)
             existing = handle.read()
             if case["id"] in _ids(existing):

@@ -8,8 +8,6 @@ is killed at any point recoverable by the next one.
 
 from __future__ import annotations
 
-import fcntl
-import hashlib
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -22,12 +20,12 @@ import numpy as np
 
 from rag.chunking import chunk_document
 from rag.config import Settings
+from rag.files import FileLock, file_sha256
 from rag.ingest import IngestError, read_document, scan_folder
 from rag.models import embedder_identity, load_embedder
 from rag.records import Chunk, Document, Skipped, UserError
-from rag.store import Store, StoreError, remove_store
+from rag.store import INDEX_LOCK_NAME, Store, StoreError, remove_store
 
-LOCK_NAME = "index.lock"
 # Chunks embedded and written per group: big enough to keep the embedder busy, small
 # enough that a killed run loses little work.
 GROUP_CHUNKS = 64
@@ -57,36 +55,23 @@ class IndexReport:
 @contextmanager
 def store_lock(store_dir: Path, wait_seconds: float = 120.0) -> Iterator[None]:
     """One indexer per store: a second one waits, then gives up with a clear message."""
-    store_dir.mkdir(parents=True, exist_ok=True)
-    with open(store_dir / LOCK_NAME, "a+") as handle:
-        deadline = time.monotonic() + wait_seconds
-        announced = False
-        while True:
-            try:
-                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() >= deadline:
-                    raise UserError(
-                        f"another indexer is still writing to {store_dir}; try again when "
-                        "it has finished"
-                    ) from None
-                if not announced:
-                    print(f"waiting for another indexer on {store_dir} ...", file=sys.stderr)
-                    announced = True
-                time.sleep(0.2)
-        try:
+
+    def announce() -> None:
+        print(f"waiting for another indexer on {store_dir} ...", file=sys.stderr)
+
+    # A whole indexing run holds it: trying 5 times a second is plenty.
+    lock = FileLock(store_dir / INDEX_LOCK_NAME, wait_seconds, _another_indexer, 0.2, announce)
+    try:
+        with lock:
             yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+    finally:
+        lock.close()
 
 
-def file_hash(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+def _another_indexer(lock: Path) -> UserError:
+    return UserError(
+        f"another indexer is still writing to {lock.parent}; try again when it has finished"
+    )
 
 
 class Indexer:
@@ -165,7 +150,7 @@ class Indexer:
         for rel, path in on_disk.items():
             record = known.get(rel)
             try:
-                digest = file_hash(path)
+                digest = file_sha256(path)
             except OSError as exc:
                 self.report.skipped.append(Skipped(rel, f"cannot read: {exc.strerror or exc}"))
                 continue
@@ -263,4 +248,4 @@ def index_folder(
             store.close()
 
 
-__all__ = ["IndexReport", "StoreError", "index_folder", "store_lock", "file_hash"]
+__all__ = ["IndexReport", "StoreError", "index_folder", "store_lock"]

@@ -38,7 +38,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from rag.names import capitalized_name, starts_sentence
 from rag.records import Chunk
+from rag.tuning import MAX_DF_FRACTION, MIN_DF_CHUNKS
 
 if TYPE_CHECKING:
     import bm25s
@@ -62,13 +64,6 @@ BIGRAM_LANGUAGES = frozenset({"vi"})
 # name only if the index has it in a chunk of another language ("Nguyen", not
 # "Unternehmen").
 NOUN_CAPITALIZING = frozenset({"de"})
-# A token in more than this fraction of the chunks is a stopword of the corpus and is
-# ignored (only in indexes of at least MIN_DF_CHUNKS chunks, where fractions mean
-# something). Such a token is weak evidence (idf < 1.8), but fusion only sees ranks: a
-# list ordered by it alone is noise. On the golden set "Vietnam" (16 % of the seed
-# chunks) cost two questions their answer at 0.2; 0.15 keeps them.
-MAX_DF_FRACTION = 0.15
-MIN_DF_CHUNKS = 20
 UNDETERMINED = "und"
 
 _WORD = re.compile(r"\w+")
@@ -80,10 +75,6 @@ _CODE = re.compile(r"\b\w++(?:[-/]\w++)+")
 _NUMBER = re.compile(r"(?<!\d)(?:\d++(?:[.,]\d++)+|\d{1,3}+(?:[ \u00a0\u202f]\d{3})+(?!\d))")
 _THOUSANDS = re.compile(r"\d{1,3}(?:[., \u00a0\u202f]\d{3})+")
 _CYRILLIC = re.compile(r"[\u0400-\u04ff]")
-# After these a capital letter says nothing about a name.
-_SENTENCE_START = "!?:;\"'«»“”„(["
-# "TP. Hồ Chí Minh", "Nr. 57": a period after a word this short is an abbreviation.
-_ABBREVIATION_CHARS = 3
 
 
 # --------------------------------------------------------------------------- tokenizing
@@ -207,20 +198,6 @@ class QueryTerm:
     capitalized: bool = False
 
 
-def _starts_sentence(text: str, start: int) -> bool:
-    """Whether the word at `start` is the first of the text, a line or a sentence."""
-    before = text[:start]
-    stripped = before.rstrip()
-    if not stripped or "\n" in before[len(stripped) :]:
-        return True
-    if stripped[-1] in _SENTENCE_START:
-        return True
-    if stripped[-1] != ".":
-        return False
-    previous = stripped[:-1].rsplit(maxsplit=1)[-1] if stripped[:-1].strip() else ""
-    return len(previous) > _ABBREVIATION_CHARS  # "TP. Hồ Chí Minh" goes on
-
-
 def _is_english_word(word: str) -> bool:
     """English Title Case ("Ministry of Science") is the usual capitalized word that is
     no name; the English stemmer changing it (beyond a plural or genitive "s") marks a
@@ -236,10 +213,9 @@ def _is_neutral(text: str, match: re.Match[str]) -> bool | None:
     word = match.group()
     if _is_code(word):
         return True
-    if not word[0].isupper():
-        return False
-    if _starts_sentence(text, match.start()):
-        return None
+    name = capitalized_name(text, match.start())
+    if not name:
+        return name  # not capitalized (False), or the first word of a sentence (None)
     return bool(_CYRILLIC.match(word)) or not _is_english_word(word)
 
 
@@ -254,7 +230,7 @@ def _neutral_words(text: str, matches: Sequence[re.Match[str]]) -> list[bool]:
     flags = [_is_neutral(text, m) for m in matches]
     sentence: list[int] = []
     for i in range(len(matches) + 1):
-        if i == len(matches) or (sentence and _starts_sentence(text, matches[i].start())):
+        if i == len(matches) or (sentence and starts_sentence(text, matches[i].start())):
             all_names = all(flags[j] is not False for j in sentence)
             for j in sentence:
                 flags[j] = bool(flags[j]) or (flags[j] is None and all_names)
@@ -264,18 +240,54 @@ def _neutral_words(text: str, matches: Sequence[re.Match[str]]) -> list[bool]:
     return [bool(flag) for flag in flags]
 
 
+@dataclass(frozen=True)
+class KeywordQuery:
+    """A question as keyword search sees it, analyzed once: its language, its terms
+    and how much of it is names, numbers and codes (see `neutral_share`)."""
+
+    language: str  # canonical (see canonical_language); "und" when unknown
+    terms: tuple[QueryTerm, ...]
+    neutral_share: float
+
+
+def analyze_query(text: str, languages: Iterable[str], language: str) -> KeywordQuery:
+    """`query_terms` and `neutral_share` of `text` from one tokenization."""
+    text, matches, neutral = _words(text)
+    terms = _terms(text, matches, neutral, set(languages))
+    return KeywordQuery(language, tuple(terms), _share(neutral))
+
+
 def query_terms(text: str, languages: Iterable[str]) -> list[QueryTerm]:
     """One term per distinct query word, code, number (and bigram, for Vietnamese).
 
     The alternatives of a word are the word itself (folded) and its stem in each of
     `languages`; a chunk scores the best alternative it contains.
     """
+    return _terms(*_words(text), set(languages))
+
+
+def neutral_share(text: str) -> float:
+    """Fraction of the words of `text` that are names, numbers, codes or acronyms:
+    1.0 for a lookup such as "L2Pro" or "233", small for a question in words."""
+    return _share(_words(text)[2])
+
+
+def _words(text: str) -> tuple[str, list[re.Match[str]], list[bool]]:
+    """The text (NFC), its words, and whether each is language-neutral."""
     text = unicodedata.normalize("NFC", text)
-    languages = set(languages)
-    algorithms = sorted({a for a in map(stemmer_for, languages) if a is not None})
     matches = list(_WORD.finditer(text))
+    return text, matches, _neutral_words(text, matches)
+
+
+def _share(neutral: Sequence[bool]) -> float:
+    return sum(neutral) / len(neutral) if neutral else 0.0
+
+
+def _terms(
+    text: str, matches: Sequence[re.Match[str]], neutral: Sequence[bool], languages: set[str]
+) -> list[QueryTerm]:
+    algorithms = sorted({a for a in map(stemmer_for, languages) if a is not None})
     words = [m.group().lower() for m in matches]
-    neutral = _neutral_words(text, matches)
     terms: dict[frozenset[str], tuple[bool, bool]] = {}  # insertion-ordered
 
     def add(variants: Iterable[str], is_neutral: bool, capitalized: bool = False) -> None:
@@ -300,23 +312,15 @@ def query_terms(text: str, languages: Iterable[str]) -> list[QueryTerm]:
     return [QueryTerm(variants, *flags) for variants, flags in terms.items()]
 
 
-def neutral_share(text: str) -> float:
-    """Fraction of the words of `text` that are names, numbers, codes or acronyms:
-    1.0 for a lookup such as "L2Pro" or "233", small for a question in words."""
-    text = unicodedata.normalize("NFC", text)
-    matches = list(_WORD.finditer(text))
-    return sum(_neutral_words(text, matches)) / len(matches) if matches else 0.0
-
-
 # --------------------------------------------------------------------------- the index
 
 
 def _query_language(query: str) -> str:
-    """The question's language ("und" when unknown or rag.language is unavailable)."""
-    try:
-        from rag.language import detect_language
-    except ImportError:  # only while rag.language did not exist yet
-        return UNDETERMINED
+    """The question's language ("und" when unknown)."""
+    # Imported here: lingua takes about a second to load, which building an index
+    # (and every command that never searches) should not pay.
+    from rag.language import detect_language
+
     return detect_language(query)
 
 
@@ -344,16 +348,22 @@ class KeywordIndex:
             return set(self.languages) | set(FALLBACK_QUERY_LANGUAGES)
         return set(self.languages) | {language}
 
-    def scores(self, query: str, language: str | None = None) -> np.ndarray:
+    def parse(self, query: str, language: str | None = None) -> KeywordQuery:
+        """The question analyzed for this index; `language` is the question's,
+        detected when not given."""
+        language = canonical_language(language or _query_language(query))
+        return analyze_query(query, self.stem_languages(language), language)
+
+    def scores(self, query: str | KeywordQuery, language: str | None = None) -> np.ndarray:
         """BM25 score of every chunk on the question's language-neutral terms (0 where
-        none matches); `language` is the question's, detected when not given."""
+        none matches). A string is parsed first (see `parse`)."""
         total = np.zeros(len(self.chunks), dtype=np.float32)
         if self._bm25 is None:
             return total
-        language = canonical_language(language or _query_language(query))
-        for term in query_terms(query, self.stem_languages(language)):
+        parsed = query if isinstance(query, KeywordQuery) else self.parse(query, language)
+        for term in parsed.terms:
             ids = self._token_ids(term) if term.neutral else []
-            if ids and self._is_name_here(term, ids, language):
+            if ids and self._is_name_here(term, ids, parsed.language):
                 total += self._best_of(ids)
         return total
 
@@ -372,7 +382,9 @@ class KeywordIndex:
             for i in ids
         )
 
-    def search(self, query: str, k: int, language: str | None = None) -> list[tuple[int, float]]:
+    def search(
+        self, query: str | KeywordQuery, k: int, language: str | None = None
+    ) -> list[tuple[int, float]]:
         """The k best (chunk position, BM25 score), best first; only chunks scoring > 0."""
         return top_k(self.scores(query, language), k)
 

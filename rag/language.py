@@ -30,6 +30,8 @@ from functools import cache
 
 from lingua import Language, LanguageDetector, LanguageDetectorBuilder
 
+from rag.names import capitalized_name
+
 UNDETERMINED = "und"
 
 # Every language detect_language can return. "und" is deliberately absent: callers test
@@ -68,11 +70,12 @@ _CODE_OVERRIDES = {Language.BOKMAL: "no", Language.NYNORSK: "no"}
 # also occur in French; that only makes Vietnamese a candidate, lingua still decides.
 _VIETNAMESE_LETTER = re.compile(r"[àáâãèéêìíòóôõùúýăđĩũơư\u1ea0-\u1ef9]", re.IGNORECASE)
 
-# Names and acronyms, never at the start of a line or sentence (where a capital says
-# nothing). Long capitalised words stay: German nouns carry much of a German question.
-_NAME_OR_ACRONYM = re.compile(
-    r"(?<!^)(?<![.!?]\s)\b(?:[A-Z][a-z]{1,5}|[A-Z][A-Z0-9]+\w*)\b", re.MULTILINE
-)
+# Short capitalised words and acronyms: removed when they are names (see rag.names).
+# Long capitalised words stay: German nouns carry much of a German question.
+_SHORT_CAPITALISED = re.compile(r"\b(?:[A-Z][a-z]{1,5}|[A-Z][A-Z0-9]+\w*)\b")
+# Here every full stop ends a sentence, abbreviations included: "Mr. Smith" keeps
+# "Smith", so that a short text keeps enough words to tell its language by.
+_SENTENCE_ENDS = ".!?"
 
 _URL = re.compile(r"\b(?:https?://|www\.)\S+|\S+@\S+\.\w+")
 
@@ -134,7 +137,9 @@ def _sample(text: str) -> str:
 
 
 def _without_names(text: str) -> str:
-    stripped = _NAME_OR_ACRONYM.sub(" ", text)
+    stripped = _SHORT_CAPITALISED.sub(
+        lambda m: " " if capitalized_name(text, m.start(), _SENTENCE_ENDS) else m.group(), text
+    )
     # A question that is only names ("Quang Ninh?") keeps them: better than nothing.
     return stripped if sum(ch.isalpha() for ch in stripped) >= _MIN_LETTERS else text
 

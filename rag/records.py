@@ -14,6 +14,10 @@ class UserError(Exception):
     """An error shown to the user as one line, never as a traceback."""
 
 
+class IngestError(UserError):
+    """A file that cannot be indexed; the message is the one-line reason."""
+
+
 def one_line(exc: BaseException, limit: int = 300) -> str:
     """An exception as the one line a user sees: its first line, else its type."""
     lines = str(exc).strip().splitlines()

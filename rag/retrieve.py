@@ -31,24 +31,18 @@ from typing import Protocol, TypeVar
 
 import numpy as np
 
-from rag.keyword import KeywordIndex, neutral_share, top_k
+from rag.keyword import KeywordIndex, KeywordQuery, neutral_share, top_k
 from rag.records import Chunk, Hit
 from rag.store import Store
-
-# Reciprocal rank fusion constant (Cormack et al., 2009): a chunk ranked r in a list
-# adds 1 / (RRF_K + r). 60 is the published default; it keeps the head of each list
-# from dominating, so a chunk ranked well by both beats one ranked first by only one.
-RRF_K = 60
-# Weights of the two rankings in the fusion; the keyword ranking counts
-# LOOKUP_KEYWORD_WEIGHT times when the query is only names and numbers (keyword_weight).
-DENSE_WEIGHT = 1.0
-KEYWORD_WEIGHT = 1.0
-LOOKUP_KEYWORD_WEIGHT = 2.0
-# Candidates taken from each ranking before fusion: max(MIN_CANDIDATES, 4 * k).
-MIN_CANDIDATES = 20
-CANDIDATES_PER_RESULT = 4
-# Languages with fewer chunks than this keep the raw similarity (no bias estimate).
-MIN_LANGUAGE_CHUNKS = 8
+from rag.tuning import (
+    CANDIDATES_PER_RESULT,
+    DENSE_WEIGHT,
+    KEYWORD_WEIGHT,
+    LOOKUP_KEYWORD_WEIGHT,
+    MIN_CANDIDATES,
+    MIN_LANGUAGE_CHUNKS,
+    RRF_K,
+)
 
 
 class QueryEmbedder(Protocol):
@@ -232,7 +226,7 @@ def keep_best_dense(
 # --------------------------------------------------------------------------- hybrid
 
 
-def keyword_weight(query: str) -> float:
+def keyword_weight(query: str | KeywordQuery) -> float:
     """The keyword ranking's weight: doubled when the query is only names and numbers.
 
     "233", "SAP" or "Pham Quang Hieu" are lookups that BM25 answers exactly while
@@ -241,7 +235,8 @@ def keyword_weight(query: str) -> float:
     A question in words keeps equal weights: on the golden set, any bonus for partly
     named questions ("Wie lautet das Motto der TECHFEST Vietnam 2025?") cost answers.
     """
-    lookup = neutral_share(query) == 1.0
+    share = query.neutral_share if isinstance(query, KeywordQuery) else neutral_share(query)
+    lookup = share == 1.0
     return KEYWORD_WEIGHT * (LOOKUP_KEYWORD_WEIGHT if lookup else 1.0)
 
 
@@ -263,11 +258,19 @@ class HybridRetriever:
         self.embedder = embedder
         self.keyword = keyword_index if keyword_index is not None else keyword_index_for(store)
 
-    def search(self, query: str, k: int, query_vector: np.ndarray | None = None) -> list[Hit]:
+    def search(
+        self,
+        query: str,
+        k: int,
+        query_vector: np.ndarray | None = None,
+        language: str | None = None,
+    ) -> list[Hit]:
+        """The k best hits. Pass `query_vector` and `language` (the query's, as
+        rag.language detects it) when known, so they are not computed again."""
         if k <= 0:
             return []
         vector = self.embedder.embed_query(query) if query_vector is None else query_vector
-        ranked = self.candidates(query, k, vector)
+        ranked = self.candidates(query, k, vector, language)
         groups = keep_best_dense(merge_overlapping(ranked, k), ranked, k)
         self._fill_dense_scores(groups, vector)
         return [
@@ -275,11 +278,14 @@ class HybridRetriever:
             for rank, g in enumerate(groups, start=1)
         ]
 
-    def candidates(self, query: str, k: int, vector: np.ndarray) -> list[Candidate]:
+    def candidates(
+        self, query: str, k: int, vector: np.ndarray, language: str | None = None
+    ) -> list[Candidate]:
         """The fused ranking of the dense and keyword candidates, best first."""
         n = max(MIN_CANDIDATES, CANDIDATES_PER_RESULT * k)
         dense = language_balanced_query(self.store, vector, n)
-        bm25 = self.keyword.scores(query)
+        parsed = self.keyword.parse(query, language)  # once, for the scores and the weight
+        bm25 = self.keyword.scores(parsed)
         keyword = top_k(bm25, n)
         by_id: dict[str, Candidate] = {}
         for chunk, cosine in dense:
@@ -296,7 +302,7 @@ class HybridRetriever:
                 [c.chunk_id for c, _ in dense],
                 [self.keyword.chunks[p].chunk_id for p, _ in keyword],
             ],
-            weights=[DENSE_WEIGHT, keyword_weight(query)],
+            weights=[DENSE_WEIGHT, keyword_weight(parsed)],
         )
         ranked = []
         for chunk_id, score in fused:
@@ -309,7 +315,7 @@ class HybridRetriever:
         missing = [g for g in groups if g.dense_score is None]
         if not missing:
             return
-        stored = stored_embeddings(self.store, [g.chunk.chunk_id for g in missing])
+        stored = self.store.embeddings([g.chunk.chunk_id for g in missing])
         for group in missing:
             embedding = stored.get(group.chunk.chunk_id)
             if embedding is not None:
@@ -416,40 +422,9 @@ class DenseIndex:
         return [(self.chunks[i], float(cosines[i])) for i in order]
 
 
-def _load_dense_index(store: Store) -> DenseIndex:
-    """Chunks and embeddings from Chroma, in pages (Chroma caps one read)."""
-    chunks: list[Chunk] = []
-    vectors: list[np.ndarray] = []
-    offset = 0
-    while True:
-        got = store.collection.get(
-            include=["embeddings", "documents", "metadatas"], limit=5000, offset=offset
-        )
-        for i, vector, document, meta in zip(
-            got["ids"], got["embeddings"], got["documents"], got["metadatas"], strict=True
-        ):
-            if meta:  # rows deleted by another process have no metadata left
-                chunks.append(Chunk.from_store(i, document or "", meta))
-                vectors.append(np.asarray(vector, dtype=np.float32))
-        if len(got["ids"]) < 5000:
-            break
-        offset += len(got["ids"])
-    matrix = np.stack(vectors) if vectors else np.zeros((0, 1), dtype=np.float32)
-    return DenseIndex.build(chunks, matrix)
-
-
 def cosine(a: np.ndarray, b: np.ndarray) -> float:
     norm = float(np.linalg.norm(a) * np.linalg.norm(b))
     return float(np.dot(a, b) / norm) if norm else 0.0
-
-
-def stored_embeddings(store: Store, ids: Sequence[str]) -> dict[str, np.ndarray]:
-    """Embeddings of these chunks as stored in Chroma (ids not found are left out)."""
-    got = store.collection.get(ids=list(ids), include=["embeddings"])
-    embeddings = got.get("embeddings")
-    if embeddings is None:
-        return {}
-    return {i: np.asarray(e, dtype=np.float32) for i, e in zip(got["ids"], embeddings, strict=True)}
 
 
 # --------------------------------------------------------------------------- cache
@@ -469,7 +444,7 @@ def keyword_index_for(store: Store) -> KeywordIndex:
 
 def dense_index_for(store: Store) -> DenseIndex:
     """The store's embeddings as a DenseIndex, reloaded only when the index changed."""
-    return _cached(store, "dense", lambda: _load_dense_index(store))
+    return _cached(store, "dense", lambda: DenseIndex.build(*store.all_chunks_and_embeddings()))
 
 
 def _cached(store: Store, kind: str, build: Callable[[], T]) -> T:

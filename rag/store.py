@@ -1,209 +1,65 @@
-"""The store: chunk vectors in Chroma, and a manifest of indexed files beside them.
+"""The store: chunk vectors in Chroma, and the manifest of indexed files beside them.
 
-Chroma holds the chunks (text, metadata, embedding) and never embeds anything itself.
-The manifest (SQLite, in the store folder) records, per file, the content hash and the
-chunk ids it owns. Every change to Chroma is bracketed by the manifest: ids are written
-as "pending" before Chroma is touched and "done" after, so a run killed at any moment
-leaves enough to remove every chunk it may have written (no orphan, no duplicate).
+Chroma holds the chunks (text, metadata, embedding) and never embeds anything itself;
+the manifest (rag.manifest) records which files own which chunk ids. Every call into
+Chroma lives in this module, behind `Store`'s typed methods: each runs under the access
+lock, is retried once on a fresh connection, and reads page through `_pages`.
 """
 
 from __future__ import annotations
 
 import contextlib
-import fcntl
-import json
+import shutil
 import sqlite3
 import threading
-import time
-from collections.abc import Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import urlparse
 
 import numpy as np
 
 from rag.config import Settings
+from rag.files import FileLock, file_identity
+from rag.manifest import MANIFEST_FILES, MANIFEST_NAME, FileRecord, Manifest, StoreError
 from rag.records import Chunk, UserError, one_line
 
-MANIFEST_NAME = "manifest.sqlite3"
+if TYPE_CHECKING:
+    from chromadb.api import ClientAPI
+    from chromadb.api.models.Collection import Collection
+    from chromadb.api.types import GetResult, Include
+
+__all__ = ["FileRecord", "Manifest", "Store", "StoreError", "remove_store"]
+
 CHROMA_DIR_NAME = "chroma"
 STORE_FORMAT = "1"
+ACCESS_LOCK_NAME = "chroma.lock"
+INDEX_LOCK_NAME = "index.lock"  # rag.indexer's; named here to recognize a store folder
 # Chroma caps one write; stay well under it.
 WRITE_BATCH = 1000
+# Rows per read: Chroma caps one read too, and a page of embeddings is ~8 MB.
+READ_PAGE = 5000
+
+T = TypeVar("T")
 
 
-class StoreError(UserError):
-    """The store cannot be used as it is; the message says what to do."""
+# ------------------------------------------------------------------------ connecting
 
 
-@dataclass(frozen=True)
-class FileRecord:
-    path: str
-    content_hash: str
-    chunk_ids: list[str]
-    state: str  # "done" or "pending"
-    pending_ids: list[str]
-    language: str
-    url: str
-    indexed_at: float
+@dataclass
+class _Connection:
+    """A Chroma client; an embedded one also holds its spelling of the folder."""
 
-
-class Manifest:
-    """SQLite record of which files are indexed, with which hash and chunk ids."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        # One engine serves several threads (each Streamlit session runs its script in
-        # its own thread), so the connection is shared and every use holds this lock.
-        self._lock = threading.RLock()
-        try:
-            self.db = sqlite3.connect(
-                path, timeout=30, isolation_level=None, check_same_thread=False
-            )
-            self.db.execute("PRAGMA journal_mode=WAL")
-            self.db.execute("PRAGMA synchronous=FULL")
-            self._create()
-        except sqlite3.DatabaseError as exc:
-            raise StoreError(
-                f"the store's manifest {path} is damaged or not a rag store ({exc}); "
-                "run `rag index --rebuild`"
-            ) from exc
-
-    def _create(self) -> None:
-        self.db.executescript(
-            """
-            CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-            CREATE TABLE IF NOT EXISTS files (
-                path TEXT PRIMARY KEY,
-                content_hash TEXT NOT NULL,
-                chunk_ids TEXT NOT NULL,
-                state TEXT NOT NULL,
-                pending_ids TEXT NOT NULL DEFAULT '[]',
-                language TEXT NOT NULL DEFAULT '',
-                url TEXT NOT NULL DEFAULT '',
-                indexed_at REAL NOT NULL
-            );
-            """
-        )
+    client: ClientAPI
+    spelling: str | None = None
 
     def close(self) -> None:
-        with self._lock:
-            self.db.close()
-
-    @contextmanager
-    def transaction(self) -> Iterator[sqlite3.Connection]:
-        with self._lock:
-            self.db.execute("BEGIN IMMEDIATE")
-            try:
-                yield self.db
-            except BaseException:
-                self.db.execute("ROLLBACK")
-                raise
-            self.db.execute("COMMIT")
-
-    def get_meta(self, key: str) -> str | None:
-        with self._lock:
-            row = self.db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
-        return row[0] if row else None
-
-    def set_meta(self, values: dict[str, str]) -> None:
-        with self.transaction() as db:
-            db.executemany(
-                "INSERT INTO meta(key, value) VALUES(?, ?) "
-                "ON CONFLICT(key) DO UPDATE SET value = excluded.value",
-                list(values.items()),
-            )
-
-    def files(self) -> dict[str, FileRecord]:
-        with self._lock:
-            rows = self.db.execute(
-                "SELECT path, content_hash, chunk_ids, state, pending_ids, language, url, "
-                "indexed_at FROM files ORDER BY path"
-            ).fetchall()
-        return {row[0]: _record(row) for row in rows}
-
-    def chunk_count(self) -> int:
-        return sum(len(r.chunk_ids) for r in self.files().values() if r.state == "done")
-
-    def mark_pending(self, changes: Sequence[tuple[str, str, list[str]]]) -> None:
-        """Before touching Chroma: remember every id these files may leave behind.
-
-        `changes` holds (path, new content hash, ids the change may write); the ids the
-        file owned so far are kept in pending too.
-        """
-        now = time.time()
-        with self.transaction() as db:
-            for path, content_hash, new_ids in changes:
-                row = db.execute("SELECT chunk_ids, pending_ids FROM files WHERE path = ?", (path,))
-                old = row.fetchone()
-                owned = set(new_ids)
-                if old:
-                    owned |= set(json.loads(old[0])) | set(json.loads(old[1]))
-                db.execute(
-                    "INSERT INTO files(path, content_hash, chunk_ids, state, pending_ids, "
-                    "indexed_at) VALUES(?, ?, '[]', 'pending', ?, ?) "
-                    "ON CONFLICT(path) DO UPDATE SET "
-                    "content_hash = excluded.content_hash, state = 'pending', "
-                    "pending_ids = excluded.pending_ids",
-                    (path, content_hash, json.dumps(sorted(owned)), now),
-                )
-
-    def mark_done(self, done: Sequence[tuple[str, str, list[str], str, str]]) -> None:
-        """After Chroma holds exactly these ids: (path, hash, chunk ids, language, url)."""
-        now = time.time()
-        with self.transaction() as db:
-            db.executemany(
-                "UPDATE files SET content_hash = ?, chunk_ids = ?, state = 'done', "
-                "pending_ids = '[]', language = ?, url = ?, indexed_at = ? WHERE path = ?",
-                [(h, json.dumps(ids), lang, url, now, path) for path, h, ids, lang, url in done],
-            )
-            self._bump_generation(db)
-
-    def forget(self, paths: Iterable[str]) -> None:
-        with self.transaction() as db:
-            db.executemany("DELETE FROM files WHERE path = ?", [(p,) for p in paths])
-            self._bump_generation(db)
-
-    def _bump_generation(self, db: sqlite3.Connection) -> None:
-        # A new manifest (after --rebuild) starts from the clock in milliseconds, not 1,
-        # so it never repeats a generation that caches keyed on it saw before.
-        db.execute(
-            "INSERT INTO meta(key, value) VALUES('generation', ?) ON CONFLICT(key) "
-            "DO UPDATE SET value = CAST(CAST(value AS INTEGER) + 1 AS TEXT)",
-            (str(time.time_ns() // 1_000_000),),
-        )
-        db.execute(
-            "INSERT INTO meta(key, value) VALUES('last_indexed', ?) ON CONFLICT(key) "
-            "DO UPDATE SET value = excluded.value",
-            (str(time.time()),),
-        )
-
-    def generation(self) -> int:
-        return int(self.get_meta("generation") or 0)
-
-
-def _record(row: tuple[Any, ...]) -> FileRecord:
-    return FileRecord(
-        path=row[0],
-        content_hash=row[1],
-        chunk_ids=json.loads(row[2]),
-        state=row[3],
-        pending_ids=json.loads(row[4]),
-        language=row[5],
-        url=row[6],
-        indexed_at=row[7],
-    )
-
-
-def open_chroma_client(settings: Settings) -> Any:
-    """An embedded persistent Chroma, or a Chroma server when RAG_CHROMA_URL is set.
-
-    An embedded client gets a Chroma "System" of its own (see `_private_client`); use it
-    under the store's `AccessLock` only.
-    """
-    return _connect(settings)[0]
+        with contextlib.suppress(Exception):  # already closed, or a server gone
+            self.client.close()
+        if self.spelling is not None:
+            _release_spelling(self.spelling)
+            self.spelling = None
 
 
 def _chroma_settings() -> Any:
@@ -212,25 +68,11 @@ def _chroma_settings() -> Any:
     return ChromaSettings(anonymized_telemetry=False, allow_reset=False)
 
 
-def _connect(settings: Settings) -> tuple[Any, Any]:
-    """(client, its private System or None for a server)."""
-    import chromadb
-
+def _connect(settings: Settings) -> _Connection:
+    """An embedded persistent Chroma of this store's own, or the Chroma server of
+    RAG_CHROMA_URL. Use an embedded one under the store's `access_lock` only."""
     if settings.chroma_url:
-        url = urlparse(settings.chroma_url)
-        if not url.hostname:
-            raise StoreError(f"RAG_CHROMA_URL={settings.chroma_url!r} is not a URL")
-        try:
-            client = chromadb.HttpClient(
-                host=url.hostname,
-                port=url.port or (443 if url.scheme == "https" else 8000),
-                ssl=url.scheme == "https",
-                settings=_chroma_settings(),
-            )
-            client.heartbeat()
-        except Exception as exc:  # chromadb raises several kinds; all mean "unreachable"
-            raise StoreError(_unreachable(settings.chroma_url, exc)) from exc
-        return client, None
+        return _connect_server(settings.chroma_url)
     path = settings.store_dir / CHROMA_DIR_NAME
     path.mkdir(parents=True, exist_ok=True)
     try:
@@ -242,51 +84,73 @@ def _connect(settings: Settings) -> tuple[Any, Any]:
         ) from exc
 
 
-def _unreachable(url: str, exc: BaseException) -> str:
-    return (
-        f"cannot reach the Chroma server at {url} ({one_line(exc)}); "
-        "start it (`chroma run --path DIR`) or unset RAG_CHROMA_URL"
-    )
+def _connect_server(chroma_url: str) -> _Connection:
+    import chromadb
+
+    url = urlparse(chroma_url)
+    if not url.hostname:
+        raise StoreError(f"RAG_CHROMA_URL={chroma_url!r} is not a URL")
+    try:
+        client = chromadb.HttpClient(
+            host=url.hostname,
+            port=url.port or (443 if url.scheme == "https" else 8000),
+            ssl=url.scheme == "https",
+            settings=_chroma_settings(),
+        )
+        client.heartbeat()
+    except Exception as exc:  # chromadb raises several kinds; all mean "unreachable"
+        raise StoreError(
+            f"cannot reach the Chroma server at {chroma_url} ({one_line(exc)}); "
+            "start it (`chroma run --path DIR`) or unset RAG_CHROMA_URL"
+        ) from exc
+    return _Connection(client)
 
 
-_SYSTEMS_LOCK = threading.Lock()
+_SPELLINGS_LOCK = threading.Lock()
+_SPELLINGS_IN_USE: set[str] = set()
 
 
-def _private_client(path: Path) -> tuple[Any, Any]:
-    """A PersistentClient whose Chroma System no other client shares.
+def _private_client(path: Path) -> _Connection:
+    """A PersistentClient on `path` whose Chroma System no other client shares.
 
-    chromadb keeps one System per folder and process (SharedSystemClient), and a loaded
-    System never sees vectors that another process wrote later: its queries keep
-    answering from the index as it was when loaded (tests/test_watch.py checks this).
-    So every Store loads the folder afresh in a System of its own, taken out of that
-    cache, which also means no other client in this process can close it under us.
+    chromadb keeps one System per folder and process, shared by every client of that
+    path (see chromadb's `Client.close`), and a loaded System never sees vectors that
+    another process wrote later: its queries keep answering from the index as it was
+    when loaded (tests/test_watch.py checks this). So every Store loads the folder
+    afresh in a System of its own. chromadb tells folders apart by the path as given,
+    so each open client spells the same folder differently ("chroma", "chroma/.",
+    "chroma/./.", ...): the same files, another System. `client.close()` then stops
+    exactly that System, and no other client in this process can close it under us.
     """
     import chromadb
-    from chromadb.api.shared_system_client import SharedSystemClient as Shared
 
-    key = str(path)
-    with _SYSTEMS_LOCK:
-        Shared._identifier_to_system.pop(key, None)
-        Shared._identifier_to_refcount.pop(key, None)
-        try:
-            client = chromadb.PersistentClient(path=key, settings=_chroma_settings())
-        finally:
-            system = Shared._identifier_to_system.pop(key, None)
-            Shared._identifier_to_refcount.pop(key, None)
-    return client, system
+    spelling = _take_spelling(str(path))
+    # Not released when this fails: chromadb keeps a System that failed to start cached
+    # under its path, so that spelling would only ever give the broken System again.
+    client = chromadb.PersistentClient(path=spelling, settings=_chroma_settings())
+    return _Connection(client, spelling)
 
 
-def _stop(system: Any) -> None:
-    if system is not None:
-        with contextlib.suppress(Exception):  # already stopped
-            system.stop()
+def _take_spelling(path: str) -> str:
+    """The shortest spelling of `path` that no open client uses."""
+    with _SPELLINGS_LOCK:
+        spelling = path
+        while spelling in _SPELLINGS_IN_USE:
+            spelling += "/."
+        _SPELLINGS_IN_USE.add(spelling)
+        return spelling
 
 
-ACCESS_LOCK_NAME = "chroma.lock"
+def _release_spelling(spelling: str) -> None:
+    with _SPELLINGS_LOCK:
+        _SPELLINGS_IN_USE.discard(spelling)
 
 
-class AccessLock:
-    """Serializes every use of an embedded Chroma folder, across threads and processes.
+# ---------------------------------------------------------------------------- locking
+
+
+def access_lock(store_dir: Path, wait_seconds: float) -> FileLock:
+    """The lock every use of an embedded Chroma folder takes, in every process.
 
     Chroma's embedded store is not safe for several processes: a System that loads the
     vector index while another process writes it fails ("Failed to apply logs to the
@@ -295,47 +159,13 @@ class AccessLock:
     is short, so every one of them takes this lock (an exclusive flock, released by the
     kernel when a process dies) and a reader waits at most one write batch.
     """
+    return FileLock(store_dir / ACCESS_LOCK_NAME, wait_seconds, _busy)
 
-    def __init__(self, store_dir: Path, wait_seconds: float) -> None:
-        store_dir.mkdir(parents=True, exist_ok=True)
-        self._handle = open(store_dir / ACCESS_LOCK_NAME, "a+")  # noqa: SIM115 (held open)
-        self._threads = threading.RLock()  # flock does not exclude threads sharing the fd
-        self._depth = 0
-        self._wait = wait_seconds
-        self.path = store_dir / ACCESS_LOCK_NAME
 
-    def __enter__(self) -> None:
-        self._threads.acquire()
-        try:
-            if self._depth == 0:
-                self._flock()
-        except BaseException:
-            self._threads.release()
-            raise
-        self._depth += 1
-
-    def __exit__(self, *exc: object) -> None:
-        self._depth -= 1
-        if self._depth == 0:
-            fcntl.flock(self._handle, fcntl.LOCK_UN)
-        self._threads.release()
-
-    def _flock(self) -> None:
-        deadline = time.monotonic() + self._wait
-        while True:
-            try:
-                fcntl.flock(self._handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                return
-            except BlockingIOError:
-                if time.monotonic() >= deadline:
-                    raise StoreError(
-                        f"the store {self.path.parent} is busy (another process holds "
-                        f"{self.path.name}); try again"
-                    ) from None
-                time.sleep(0.005)
-
-    def close(self) -> None:
-        self._handle.close()
+def _busy(lock: Path) -> StoreError:
+    return StoreError(
+        f"the store {lock.parent} is busy (another process holds {lock.name}); try again"
+    )
 
 
 class _NoLock:
@@ -351,26 +181,16 @@ class _NoLock:
         pass
 
 
-class _Collection:
-    """The Store's Chroma collection: each call under the access lock, retried once.
-
-    A call that fails is retried once on a fresh connection (a restarted Chroma server,
-    a System closed by Store.close while a query was still running); if that fails too,
-    the error becomes a one-line StoreError.
-    """
-
-    def __init__(self, store: Store) -> None:
-        self._store = store
-
-    def __getattr__(self, name: str) -> Any:
-        attribute = getattr(self._store._collection, name)
-        if not callable(attribute):
-            return attribute
-        return lambda *args, **kwargs: self._store._call(name, args, kwargs)
+# ------------------------------------------------------------------------------ store
 
 
 class Store:
-    """The chunk collection in Chroma plus the manifest; one per store folder."""
+    """The chunk collection in Chroma plus the manifest; one per store folder.
+
+    Every Chroma call runs under the access lock (embedded Chroma) and is retried once
+    on a fresh connection (a restarted Chroma server, a System closed by `close` while
+    a query was still running); if that fails too, it is a one-line StoreError.
+    """
 
     def __init__(
         self, settings: Settings, embed_identity: str, create: bool = True, rebuild: bool = False
@@ -386,21 +206,19 @@ class Store:
         self.manifest = Manifest(self.dir / MANIFEST_NAME)
         # Read before Chroma is loaded: a change in between shows as not current.
         self._opened_generation = self.manifest.generation()
-        self._manifest_file = _file_identity(self.dir / MANIFEST_NAME)
-        self._system: Any = None
-        self._access: AccessLock | _NoLock = _NoLock()
+        self._manifest_file = file_identity(self.dir / MANIFEST_NAME)
+        self._connection: _Connection | None = None
+        self._access: FileLock | _NoLock = _NoLock()
         try:
             self._check_identity(self.manifest.get_meta("embed_model"))
             if not settings.chroma_url:
-                self._access = AccessLock(self.dir, settings.lock_wait)
+                self._access = access_lock(self.dir, settings.lock_wait)
             with self._access:
-                self.client, self._system = _connect(settings)
-                self._collection = self._open_collection(create)
+                self._connection = _connect(settings)
+                self._collection = self._open_collection(self._connection.client, create)
         except BaseException:
             self.close()
             raise
-        # Everything else goes through this wrapper (rag.retrieve uses it too).
-        self.collection: Any = _Collection(self)
 
     @property
     def location(self) -> str:
@@ -414,9 +232,9 @@ class Store:
             return
         if not self.dir.is_dir():
             raise StoreError(f"the store path {self.dir} is not a folder")
-        ours = {MANIFEST_NAME, f"{MANIFEST_NAME}-wal", f"{MANIFEST_NAME}-shm", CHROMA_DIR_NAME}
+        ours = {*MANIFEST_FILES, CHROMA_DIR_NAME}
         names = {p.name for p in self.dir.iterdir()}
-        if names and not names & ours and not names <= {"index.lock", ACCESS_LOCK_NAME}:
+        if names and not names & ours and not names <= {INDEX_LOCK_NAME, ACCESS_LOCK_NAME}:
             raise StoreError(
                 f"{self.dir} holds files that are not a rag store; choose another --store "
                 "or run `rag index --rebuild` to replace it"
@@ -429,18 +247,18 @@ class Store:
                 f"{self.embed_identity!r}; run `rag index --rebuild` to re-embed everything"
             )
 
-    def _open_collection(self, create: bool) -> Any:
+    def _open_collection(self, client: ClientAPI, create: bool) -> Collection:
         name = self.settings.collection
         try:
             if create:
-                collection = self.client.get_or_create_collection(
+                collection = client.get_or_create_collection(
                     name,
                     configuration={"hnsw": {"space": "cosine"}},
                     metadata={"embed_model": self.embed_identity, "format": STORE_FORMAT},
                     embedding_function=None,
                 )
             else:
-                collection = self.client.get_collection(name, embedding_function=None)
+                collection = client.get_collection(name, embedding_function=None)
         except Exception as exc:
             raise StoreError(
                 f"the Chroma collection {name!r} cannot be opened ({one_line(exc)}); "
@@ -455,8 +273,9 @@ class Store:
         """Release the manifest, the Chroma System and the lock (idempotent)."""
         if hasattr(self, "manifest"):
             self.manifest.close()
-        _stop(self._system)
-        self._system = None
+        if self._connection is not None:
+            self._connection.close()
+            self._connection = None
         self._access.close()
 
     def freshness(self) -> tuple[int, tuple[int, int] | None]:
@@ -465,7 +284,7 @@ class Store:
         The file identity catches a `--rebuild` elsewhere, which deletes the manifest
         and starts a new one whose generation may equal the old one.
         """
-        return self.manifest.generation(), _file_identity(self.dir / MANIFEST_NAME)
+        return self.manifest.generation(), file_identity(self.dir / MANIFEST_NAME)
 
     def is_current(self) -> bool:
         """False once another process changed the index after this Store was opened."""
@@ -474,28 +293,29 @@ class Store:
         except sqlite3.Error:  # the manifest was replaced or damaged: re-open to find out
             return False
 
-    def _call(self, name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    # --- every Chroma call goes through here -----------------------------------
+    def _call(self, operation: Callable[[Collection], T]) -> T:
         with self._access:
             try:
-                return getattr(self._collection, name)(*args, **kwargs)
+                return operation(self._collection)
             except UserError:
                 raise
             except Exception:
                 pass  # one retry on a fresh connection, below
             try:
                 self._reconnect()
-                return getattr(self._collection, name)(*args, **kwargs)
+                return operation(self._collection)
             except UserError:
                 raise
             except Exception as exc:
                 raise StoreError(self._failure(exc)) from exc
 
     def _reconnect(self) -> None:
-        old = self._system
-        self.client, self._system = _connect(self.settings)
-        _stop(old)
+        old, self._connection = self._connection, _connect(self.settings)
+        if old is not None:
+            old.close()
         try:
-            self._collection = self.client.get_collection(
+            self._collection = self._connection.client.get_collection(
                 self.settings.collection, embedding_function=None
             )
         except Exception as exc:
@@ -515,66 +335,79 @@ class Store:
             "if this persists, run `rag index --rebuild`"
         )
 
+    def _pages(self, include: Include) -> Iterator[GetResult]:
+        """Every row of the collection, READ_PAGE at a time (Chroma caps one read)."""
+        offset = 0
+        while True:
+            page = self._call(
+                lambda c, at=offset: c.get(include=include, limit=READ_PAGE, offset=at)
+            )
+            yield page
+            if len(page["ids"]) < READ_PAGE:
+                return
+            offset += len(page["ids"])
+
     # --- writes -----------------------------------------------------------------
     def upsert(self, chunks: Sequence[Chunk], embeddings: np.ndarray) -> None:
         for start in range(0, len(chunks), WRITE_BATCH):
             part = chunks[start : start + WRITE_BATCH]
-            self.collection.upsert(
-                ids=[c.chunk_id for c in part],
-                embeddings=embeddings[start : start + WRITE_BATCH].astype(np.float32),
-                documents=[c.text for c in part],
-                metadatas=[c.metadata() for c in part],
+            vectors = embeddings[start : start + WRITE_BATCH].astype(np.float32)
+            self._call(
+                lambda c, part=part, vectors=vectors: c.upsert(
+                    ids=[x.chunk_id for x in part],
+                    embeddings=vectors,
+                    documents=[x.text for x in part],
+                    metadatas=[x.metadata() for x in part],
+                )
             )
 
     def delete(self, ids: Iterable[str]) -> None:
         ids = sorted(set(ids))
         for start in range(0, len(ids), WRITE_BATCH):
-            self.collection.delete(ids=ids[start : start + WRITE_BATCH])
+            batch = ids[start : start + WRITE_BATCH]
+            self._call(lambda c, batch=batch: c.delete(ids=batch))
 
     # --- reads ------------------------------------------------------------------
     def count(self) -> int:
-        return int(self.collection.count())
+        return int(self._call(lambda c: c.count()))
 
     def all_ids(self) -> set[str]:
-        ids: set[str] = set()
-        offset = 0
-        while True:
-            got = self.collection.get(include=[], limit=5000, offset=offset)["ids"]
-            ids.update(got)
-            if len(got) < 5000:
-                return ids
-            offset += len(got)
+        return {i for page in self._pages([]) for i in page["ids"]}
 
     def all_chunks(self) -> list[Chunk]:
         """Every chunk's text and metadata (no vectors): for keyword search."""
+        pages = self._pages(["documents", "metadatas"])
+        return [chunk for page in pages for _, chunk in _chunks(page)]
+
+    def all_chunks_and_embeddings(self) -> tuple[list[Chunk], np.ndarray]:
+        """Every chunk and its stored embedding, row by row ([n, dim] float32)."""
         chunks: list[Chunk] = []
-        offset = 0
-        while True:
-            got = self.collection.get(include=["documents", "metadatas"], limit=5000, offset=offset)
-            chunks += [
-                Chunk.from_store(i, d or "", m or {})
-                for i, d, m in zip(got["ids"], got["documents"], got["metadatas"], strict=True)
-            ]
-            if len(got["ids"]) < 5000:
-                return chunks
-            offset += len(got["ids"])
+        vectors: list[np.ndarray] = []
+        for page in self._pages(["embeddings", "documents", "metadatas"]):
+            embeddings = _embeddings(page)
+            for row, chunk in _chunks(page):
+                chunks.append(chunk)
+                vectors.append(embeddings[row])
+        matrix = np.stack(vectors) if vectors else np.zeros((0, 1), dtype=np.float32)
+        return chunks, matrix
 
     def language_centroids(self) -> dict[str, tuple[np.ndarray, int]]:
         """The mean embedding of each language's chunks, and how many there are."""
         sums: dict[str, np.ndarray] = {}
         counts: dict[str, int] = {}
-        offset = 0
-        while True:
-            got = self.collection.get(
-                include=["embeddings", "metadatas"], limit=5000, offset=offset
-            )
-            for vector, meta in zip(got["embeddings"], got["metadatas"], strict=True):
+        for page in self._pages(["embeddings", "metadatas"]):
+            for vector, meta in zip(_embeddings(page), page["metadatas"] or [], strict=True):
                 language = str((meta or {}).get("language") or "und")
-                sums[language] = sums.get(language, 0) + np.asarray(vector, dtype=np.float32)
+                sums[language] = sums.get(language, 0) + vector
                 counts[language] = counts.get(language, 0) + 1
-            if len(got["ids"]) < 5000:
-                return {lang: (sums[lang] / counts[lang], counts[lang]) for lang in sums}
-            offset += len(got["ids"])
+        return {lang: (sums[lang] / counts[lang], counts[lang]) for lang in sums}
+
+    def embeddings(self, ids: Sequence[str]) -> dict[str, np.ndarray]:
+        """The stored embeddings of these chunks (ids not found are left out)."""
+        if not ids:
+            return {}
+        page = self._call(lambda c: c.get(ids=list(ids), include=["embeddings"]))
+        return dict(zip(page["ids"], _embeddings(page), strict=True))
 
     def query(
         self, embedding: np.ndarray, k: int, where: dict[str, str] | None = None
@@ -582,25 +415,42 @@ class Store:
         """The k nearest chunks (matching `where`) with their cosine similarity."""
         if k <= 0:
             return []
-        result = self.collection.query(
-            query_embeddings=[embedding.astype(np.float32)],
-            n_results=k,
-            where=where,
-            include=["documents", "metadatas", "distances"],
+        result = self._call(
+            lambda c: c.query(
+                query_embeddings=[embedding.astype(np.float32)],
+                n_results=k,
+                where=where,
+                include=["documents", "metadatas", "distances"],
+            )
         )
+        ids, documents = result["ids"][0], (result["documents"] or [[]])[0]
+        metadatas, distances = (result["metadatas"] or [[]])[0], (result["distances"] or [[]])[0]
         # A System loaded before another process deleted chunks may still find them in
         # its vector index; their rows are gone (no metadata), so they are left out.
         return [
-            (Chunk.from_store(i, d or "", m), 1.0 - float(dist))
-            for i, d, m, dist in zip(
-                result["ids"][0],
-                result["documents"][0],
-                result["metadatas"][0],
-                result["distances"][0],
-                strict=True,
-            )
+            (Chunk.from_store(i, d or "", dict(m)), 1.0 - float(dist))
+            for i, d, m, dist in zip(ids, documents, metadatas, distances, strict=True)
             if m
         ]
+
+
+def _chunks(page: GetResult) -> list[tuple[int, Chunk]]:
+    """(row, chunk) for the page's rows; rows deleted by another process meanwhile
+    have no metadata left and are skipped."""
+    documents = page["documents"] or [""] * len(page["ids"])
+    metadatas = page["metadatas"] or [None] * len(page["ids"])
+    rows = zip(page["ids"], documents, metadatas, strict=True)
+    return [(row, Chunk.from_store(i, d or "", dict(m))) for row, (i, d, m) in enumerate(rows) if m]
+
+
+def _embeddings(page: GetResult) -> list[np.ndarray]:
+    embeddings = page["embeddings"]
+    if embeddings is None:
+        return []
+    return [np.asarray(e, dtype=np.float32) for e in embeddings]
+
+
+# --------------------------------------------------------------------------- removing
 
 
 def remove_store(settings: Settings) -> None:
@@ -612,42 +462,37 @@ def remove_store(settings: Settings) -> None:
     folder, which is ours, and nothing else in the store folder).
     """
     if settings.chroma_url:
-        client = open_chroma_client(settings)  # unreachable: StoreError, nothing deleted
-        with contextlib.suppress(Exception):  # an absent collection is fine
-            client.delete_collection(settings.collection)
+        connection = _connect_server(settings.chroma_url)  # unreachable: nothing deleted
+        try:
+            with contextlib.suppress(Exception):  # an absent collection is fine
+                connection.client.delete_collection(settings.collection)
+        finally:
+            connection.close()
     else:
-        access = AccessLock(settings.store_dir, settings.lock_wait)
+        access = access_lock(settings.store_dir, settings.lock_wait)
         try:
             with access:
                 _drop_embedded(settings)
         finally:
             access.close()
-    for name in (MANIFEST_NAME, f"{MANIFEST_NAME}-wal", f"{MANIFEST_NAME}-shm"):
+    for name in MANIFEST_FILES:
         (settings.store_dir / name).unlink(missing_ok=True)
 
 
 def _drop_embedded(settings: Settings) -> None:
-    import shutil
-
     from chromadb.errors import NotFoundError
 
-    system = None
+    folder = settings.store_dir / CHROMA_DIR_NAME
+    connection = None
     try:
-        client, system = _private_client(settings.store_dir / CHROMA_DIR_NAME)
-        client.delete_collection(settings.collection)
+        connection = _private_client(folder)
+        connection.client.delete_collection(settings.collection)
     except NotFoundError:
         pass  # nothing indexed yet; other collections in the folder stay
-    except Exception:  # damaged: remove what is on disk
-        _stop(system)
-        system = None
-        shutil.rmtree(settings.store_dir / CHROMA_DIR_NAME, ignore_errors=True)
+    except Exception:  # damaged: remove what is on disk, once this client let go of it
+        if connection is not None:
+            connection.close()
+        shutil.rmtree(folder, ignore_errors=True)
     finally:
-        _stop(system)
-
-
-def _file_identity(path: Path) -> tuple[int, int] | None:
-    try:
-        info = path.stat()
-    except OSError:
-        return None
-    return info.st_dev, info.st_ino
+        if connection is not None:
+            connection.close()

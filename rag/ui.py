@@ -14,9 +14,10 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from rag.citations import MARKER, marker_numbers
 from rag.config import ConfigError, Settings
 from rag.indexer import IndexReport
-from rag.records import Answer, Citation, Hit, UserError
+from rag.records import Answer, Citation, Hit, UserError, one_line
 
 EMPTY_INDEX = "Index your documents: click **Re-index folder** in the sidebar."
 NO_DOCUMENTS = (
@@ -38,7 +39,6 @@ _UI_HINTS = (
     ("or use --llm none", 'or choose the LLM backend "none" in the sidebar'),
     ("or unset RAG_CHROMA_URL", "or unset RAG_CHROMA_URL and restart the app"),
 )
-_CITATION = re.compile(r"\[(\d+(?:\s*,\s*\d+)*)\]")
 
 
 # ------------------------------------------------------------------------------ errors
@@ -47,10 +47,10 @@ _CITATION = re.compile(r"\[(\d+(?:\s*,\s*\d+)*)\]")
 def user_message(exc: BaseException, action: str = "") -> str:
     """One line for the page: a UserError's own words, else a generic line."""
     if isinstance(exc, UserError | ConfigError) and str(exc).strip():
-        return _ui_hints(_first_line(str(exc)))
+        return _ui_hints(one_line(exc))
     doing = f" while {action}" if action else ""
     return (
-        f"Something went wrong{doing} ({type(exc).__name__}: {_first_line(str(exc))[:160]}). "
+        f"Something went wrong{doing} ({type(exc).__name__}: {one_line(exc, 160)}). "
         "The page still works: try again; the details are in the server log."
     )
 
@@ -60,11 +60,6 @@ def _ui_hints(text: str) -> str:
         if browser not in text:  # idempotent: a message may pass through here twice
             text = text.replace(terminal, browser)
     return text
-
-
-def _first_line(text: str) -> str:
-    lines = text.strip().splitlines()
-    return lines[0] if lines else ""
 
 
 # ------------------------------------------------------------------------------ status
@@ -138,12 +133,12 @@ def answer_markdown(text: str, msg_id: str, numbers: Iterable[int]) -> str:
     known = set(numbers)
 
     def link(match: re.Match[str]) -> str:
-        parts = [int(p) for p in re.findall(r"\d+", match.group(1))]
+        parts = marker_numbers(match.group(1))
         if not all(n in known for n in parts):
             return match.group(0)
         return "".join(f"[[{n}]](#{anchor_id(msg_id, n)})" for n in parts)
 
-    return _CITATION.sub(link, escape_math(text))
+    return MARKER.sub(link, escape_math(text))
 
 
 def escape_math(text: str) -> str:

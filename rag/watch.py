@@ -23,9 +23,10 @@ from pathlib import Path
 from typing import Any
 
 from rag.config import Settings
+from rag.files import file_identity
 from rag.indexer import IndexReport, PassageEmbedder, index_folder
+from rag.manifest import MANIFEST_NAME, Manifest
 from rag.records import UserError, one_line
-from rag.store import MANIFEST_NAME, Manifest
 
 # Quiet time after the last event before a round starts: a copy of many files or an
 # editor's save (write temp, rename) arrives as a burst of events.
@@ -155,14 +156,6 @@ def _absolute(raw: str | bytes) -> Path:
     return Path(os.path.abspath(os.fsdecode(raw)))
 
 
-def _identity(folder: Path) -> tuple[int, int] | None:
-    try:
-        info = folder.stat()
-    except OSError:
-        return None
-    return info.st_dev, info.st_ino
-
-
 def _signature(paths: set[Path]) -> dict[Path, tuple[int, int] | None]:
     """Size and modification time of each path (None when it is gone)."""
     result: dict[Path, tuple[int, int] | None] = {}
@@ -203,10 +196,10 @@ class Watcher:
         stop = stop or threading.Event()
         if not self.settings.docs_dir.is_dir():
             raise UserError(f"the documents folder {self.settings.docs_dir} does not exist")
-        watched, observer = _identity(self.settings.docs_dir), self._observe()
+        watched, observer = file_identity(self.settings.docs_dir), self._observe()
         try:
             while not stop.is_set():
-                current = _identity(self.settings.docs_dir)
+                current = file_identity(self.settings.docs_dir)
                 if current is None or self.changes.folder_gone:
                     watched = None  # a new folder may reuse the old one's inode number
                 if current is not None and current != watched:

@@ -10,6 +10,7 @@ import numpy as np
 
 from rag.answer import (
     Evidence,
+    SentenceVectors,
     build_messages,
     extractive,
     figures,
@@ -30,6 +31,7 @@ class WordEmbedder:
     """Bag-of-words vectors: texts sharing words are similar; fully deterministic."""
 
     dim = 512
+    identity = "word-bag-512"  # what the sentence-vector cache keys on
 
     def _vector(self, text: str) -> np.ndarray:
         vector = np.zeros(self.dim, dtype=np.float32)
@@ -73,6 +75,35 @@ EMBEDDER = WordEmbedder()
 
 def evidence(question: str) -> Evidence:
     return Evidence(HITS, EMBEDDER.embed_query(question), EMBEDDER)
+
+
+class CountingEmbedder:
+    def __init__(self, identity: str | None) -> None:
+        if identity is not None:
+            self.identity = identity
+        self.embedded: list[str] = []
+
+    def embed_passages(self, texts: list[str]) -> np.ndarray:
+        self.embedded += texts
+        return np.ones((len(texts), 2), dtype=np.float32)
+
+    def embed_query(self, text: str) -> np.ndarray:
+        return np.ones(2, dtype=np.float32)
+
+
+def test_sentence_vectors_are_keyed_by_the_embedders_identity() -> None:
+    cache = SentenceVectors()
+    first, same_model = CountingEmbedder("e5"), CountingEmbedder("e5")
+    cache.embed(first, ["a", "b"])
+    cache.embed(same_model, ["a", "b", "c"])
+    assert first.embedded == ["a", "b"] and same_model.embedded == ["c"]
+    other_model = CountingEmbedder("other")
+    cache.embed(other_model, ["a"])
+    assert other_model.embedded == ["a"]
+    anonymous = CountingEmbedder(None)  # no identity: nothing says which model it is
+    cache.embed(anonymous, ["a"])
+    cache.embed(anonymous, ["a"])
+    assert anonymous.embedded == ["a", "a"]
 
 
 def test_sentences_are_scored_and_ranked_against_the_question() -> None:

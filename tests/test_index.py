@@ -261,7 +261,7 @@ def test_cli_index_search_status_json(docs: Path, tmp_path: Path) -> None:
     )
     hits = json.loads(out)
     assert len(hits) == 3
-    assert set(hits[0]) == {"rank", "file", "path", "lines", "score", "text", "chunk_id"}
+    assert set(hits[0]) == {"rank", "file", "path", "lines", "score", "text", "chunk_id", "via"}
     assert [h["rank"] for h in hits] == [1, 2, 3]
     out, err = _cli("status", "--json", env=env).communicate(timeout=600)
     status = json.loads(out)

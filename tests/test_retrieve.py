@@ -439,30 +439,6 @@ class FakeManifest:
 
 
 @dataclass
-class FakeCollection:
-    vectors: dict[str, np.ndarray]
-    chunks: list[Chunk] = field(default_factory=list)
-
-    def get(
-        self,
-        ids: list[str] | None = None,
-        include: list[str] | None = None,
-        limit: int | None = None,
-        offset: int = 0,
-    ) -> dict[str, Any]:
-        if ids is None:  # a page of everything, as the dense index reads it
-            page = self.chunks[offset : offset + (limit or len(self.chunks))]
-            return {
-                "ids": [c.chunk_id for c in page],
-                "embeddings": [self.vectors[c.chunk_id] for c in page],
-                "documents": [c.text for c in page],
-                "metadatas": [c.metadata() for c in page],
-            }
-        found = [i for i in reversed(ids) if i in self.vectors]  # any order, like Chroma
-        return {"ids": found, "embeddings": np.array([self.vectors[i] for i in found])}
-
-
-@dataclass
 class FakeStore:
     """What HybridRetriever and keyword_index_for use of rag.store.Store."""
 
@@ -474,9 +450,12 @@ class FakeStore:
     settings: Settings = field(default_factory=Settings)
     loads: int = 0
 
-    @property
-    def collection(self) -> FakeCollection:
-        return FakeCollection(self.vectors, self.chunks)
+    def all_chunks_and_embeddings(self) -> tuple[list[Chunk], np.ndarray]:
+        vectors = [self.vectors[c.chunk_id] for c in self.chunks]
+        return list(self.chunks), np.stack(vectors) if vectors else np.zeros((0, 1))
+
+    def embeddings(self, ids: list[str]) -> dict[str, np.ndarray]:
+        return {i: self.vectors[i] for i in reversed(ids) if i in self.vectors}  # any order
 
     def all_chunks(self) -> list[Chunk]:
         self.loads += 1

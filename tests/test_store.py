@@ -1,0 +1,120 @@
+"""The store's typed interface to Chroma: paging, one System per store, no private API.
+
+Fast: a tiny embedded Chroma with 4-dimensional vectors, no models.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import rag.store
+from rag.config import Settings
+from rag.store import Store, _private_client
+
+from .test_retrieve import text_chunk
+
+RAG = Path(__file__).resolve().parent.parent / "rag"
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[Store]:
+    opened = Store(Settings.from_env(store_dir=tmp_path / "store"), "test-embedder")
+    yield opened
+    opened.close()
+
+
+def test_reads_page_through_everything(store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(rag.store, "READ_PAGE", 2)  # 5 rows: pages of 2, 2 and 1
+    chunks = [text_chunk(f"c{i}", f"Chunk number {i}.", "en" if i % 2 else "de") for i in range(5)]
+    vectors = np.eye(5, 4, dtype=np.float32) + 0.1
+    store.upsert(chunks, vectors)
+    assert store.count() == 5
+    assert store.all_ids() == {c.chunk_id for c in chunks}
+    assert sorted(c.chunk_id for c in store.all_chunks()) == [c.chunk_id for c in chunks]
+    listed, matrix = store.all_chunks_and_embeddings()
+    by_id = {c.chunk_id: row for c, row in zip(listed, matrix, strict=True)}
+    assert all(np.allclose(by_id[c.chunk_id], v) for c, v in zip(chunks, vectors, strict=True))
+    centroids = store.language_centroids()
+    assert {lang: n for lang, (_, n) in centroids.items()} == {"de": 3, "en": 2}
+    assert np.allclose(centroids["en"][0], vectors[[1, 3]].mean(axis=0))
+    assert set(store.embeddings(["c1", "missing"])) == {"c1"}
+    assert store.embeddings([]) == {}
+    nearest, similarity = store.query(vectors[3], 1)[0]
+    assert nearest.chunk_id == "c3" and similarity == pytest.approx(1.0, abs=1e-5)
+    german = store.query(vectors[3], 5, where={"language": "de"})
+    assert {c.chunk_id for c, _ in german} == {"c0", "c2", "c4"}
+    store.delete(["c0", "c1"])
+    assert store.all_ids() == {"c2", "c3", "c4"}
+
+
+def test_each_client_loads_the_folder_in_a_chroma_system_of_its_own(tmp_path: Path) -> None:
+    """Why a re-opened Store sees what was written after another one loaded the index.
+
+    chromadb shares one System among the clients of one path; rag.store spells the
+    folder differently per client to get one each. If a chromadb upgrade changes how
+    Systems are shared, this fails: then see rag.store._private_client.
+    """
+    writer = _private_client(tmp_path)
+    reader = _private_client(tmp_path)
+    try:
+        assert writer.spelling != reader.spelling
+        written = writer.client.get_or_create_collection(
+            "probe", configuration={"hnsw": {"space": "cosine"}}, embedding_function=None
+        )
+        written.upsert(ids=["x"], embeddings=[[1.0, 0.0, 0.0, 0.0]], metadatas=[{"k": 1}])
+        read = reader.client.get_collection("probe", embedding_function=None)
+        assert read.query(query_embeddings=[[1.0, 0.0, 0.0, 0.0]], n_results=2)["ids"] == [["x"]]
+        written.upsert(ids=["y"], embeddings=[[0.0, 1.0, 0.0, 0.0]], metadatas=[{"k": 2}])
+        # the reader's System keeps the vector index it loaded: it is not the writer's
+        seen = read.query(query_embeddings=[[0.0, 1.0, 0.0, 0.0]], n_results=2)["ids"][0]
+        assert "y" not in seen, "chromadb now shares one System between rag.store's clients"
+        writer.close()  # stops the writer's System only
+        assert read.count() == 2
+        fresh = _private_client(tmp_path)
+        try:
+            found = fresh.client.get_collection("probe", embedding_function=None).query(
+                query_embeddings=[[0.0, 1.0, 0.0, 0.0]], n_results=1
+            )
+            assert found["ids"] == [["y"]]  # a fresh System loads what is on disk
+        finally:
+            fresh.close()
+    finally:
+        writer.close()
+        reader.close()
+    assert not {s for s in rag.store._SPELLINGS_IN_USE if s.startswith(str(tmp_path))}
+
+
+def test_no_chroma_outside_the_store_and_no_private_chromadb_name() -> None:
+    private = re.compile(r"SharedSystemClient|_identifier_to_|clear_system_cache|\._system\b")
+    for path in RAG.rglob("*.py"):
+        text = path.read_text(encoding="utf-8")
+        assert not private.search(text), f"{path}: private chromadb API"
+        if path.name != "store.py":
+            assert not re.search(r"^\s*(?:import|from) chromadb", text, re.M), path
+            assert "collection." not in text, f"{path}: a Chroma call outside rag/store.py"
+
+
+def test_a_folder_that_failed_to_open_opens_once_repaired(tmp_path: Path) -> None:
+    """chromadb keeps a System that failed to start cached under its path: the next
+    client of the same process must not get it (`rag index --rebuild` after damage)."""
+    folder = tmp_path / "chroma"
+    first = _private_client(folder)
+    first.client.get_or_create_collection("probe", embedding_function=None)
+    first.close()
+    sqlite = folder / "chroma.sqlite3"
+    os.truncate(sqlite, sqlite.stat().st_size // 2)
+    with pytest.raises(Exception):  # noqa: B017 (chromadb raises several kinds)
+        _private_client(folder)
+    shutil.rmtree(folder)
+    repaired = _private_client(folder)
+    try:
+        assert repaired.client.get_or_create_collection("probe", embedding_function=None)
+    finally:
+        repaired.close()
