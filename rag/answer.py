@@ -138,6 +138,12 @@ class SentenceVectors:
 _SENTENCE_VECTORS = SentenceVectors()
 
 
+def sentence_vectors(embedder: Embeds, texts: list[str]) -> list[np.ndarray]:
+    """Passage embeddings of evidence sentences, from the process-wide cache (a
+    selection rebuilt from llama-index nodes finds the vectors Evidence made)."""
+    return _SENTENCE_VECTORS.embed(embedder, texts)
+
+
 class Evidence:
     """The sentences of the retrieved chunks, scored against the question."""
 
@@ -150,7 +156,7 @@ class Evidence:
             for start, end in split_sentences(hit.chunk.text)
             if end - start >= MIN_SENTENCE_CHARS
         ]
-        vectors = _SENTENCE_VECTORS.embed(embedder, [s.text for s in self.sentences])
+        vectors = sentence_vectors(embedder, [s.text for s in self.sentences])
         for sentence, vector in zip(self.sentences, vectors, strict=True):
             sentence.vector = vector
             sentence.score = sentence.similarity(question_vector)
@@ -340,6 +346,15 @@ def _attach(vector: np.ndarray, sources: list[Source]) -> tuple[int, ...]:
         return ()
     score, n = max(candidates)
     return (n,) if score >= ATTACH_MIN_SIMILARITY else ()
+
+
+def stream_correction(streamed: str, final: str) -> str:
+    """What to append when the checked answer differs from the streamed text (markers
+    cleaned, an unsupported claim dropped, a refusal): a streamed text cannot be taken
+    back, so the checked answer follows it after a rule."""
+    if " ".join(streamed.split()) == " ".join(final.split()):
+        return ""
+    return final if not streamed.strip() else f"\n\n---\n{final}"
 
 
 def stream_hold(deltas: Iterator[str], hold: str = "NOT_FOUND") -> Iterator[str]:

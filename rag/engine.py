@@ -5,9 +5,8 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
@@ -15,6 +14,7 @@ from rag.answer import (
     EXTRACTIVE_MARGIN,
     EXTRACTIVE_SENTENCES,
     Evidence,
+    Source,
     build_messages,
     extractive,
     fixed_messages,
@@ -24,13 +24,15 @@ from rag.answer import (
     stream_hold,
 )
 from rag.config import Settings
-from rag.indexer import IndexReport, index_folder
 from rag.language import LANGUAGE_NAMES, detect_language
 from rag.llm import BACKENDS, ChatBackend, LLMError, Message, context_budget, make_backend
 from rag.models import Embedder, embedder_identity, load_embedder, model_status
-from rag.records import Answer, Hit, UserError
+from rag.records import Answer, Delta, Event, Finished, Hit, Retrieved, UserError
 from rag.retrieve import HybridRetriever, keyword_index_for
 from rag.store import Store
+
+if TYPE_CHECKING:  # the indexer (and the readers it imports) only when indexing
+    from rag.indexer import IndexReport
 
 # A follow-up this short ("And in Dong Nai?") is searched together with the previous
 # question; a longer one stands on its own.
@@ -40,27 +42,42 @@ FOLLOW_UP_MAX_WORDS = 8
 RETIRE_SECONDS = 30.0
 
 
-@dataclass
-class Retrieved:
-    """First event of an answer: the evidence, before any token is generated."""
+class Pipeline(Protocol):
+    """One answer's retrieval and evidence selection (see Engine.pipeline)."""
 
-    hits: list[Hit]
-    language: str
-    search_query: str
-    refused: bool
+    def retrieve(self, k: int | None) -> list[Hit]: ...
 
+    def score(self) -> None: ...
 
-@dataclass
-class Delta:
-    text: str
+    def select(self, token_budget: int) -> list[Source]: ...
+
+    def best(self) -> list[Source]: ...
 
 
-@dataclass
-class Finished:
-    answer: Answer
+class DirectPipeline:
+    """Retrieval and evidence selection called directly, without llama-index."""
 
+    def __init__(self, engine: Engine, query: str, vector: np.ndarray) -> None:
+        self.engine = engine
+        self.query = query
+        self.vector = vector
+        self.hits: list[Hit] = []
+        self.evidence: Evidence | None = None
 
-Event = Retrieved | Delta | Finished
+    def retrieve(self, k: int | None) -> list[Hit]:
+        self.hits = self.engine.search(self.query, k, self.vector)
+        return self.hits
+
+    def score(self) -> None:
+        self.evidence = self.engine.evidence_class(self.hits, self.vector, self.engine.embedder)
+
+    def select(self, token_budget: int) -> list[Source]:
+        assert self.evidence is not None, "score() first"
+        return self.evidence.select(token_budget)
+
+    def best(self) -> list[Source]:
+        assert self.evidence is not None, "score() first"
+        return self.evidence.best(EXTRACTIVE_SENTENCES, EXTRACTIVE_MARGIN)
 
 
 class Engine:
@@ -117,6 +134,8 @@ class Engine:
     def index(self, rebuild: bool = False, progress: bool = True) -> IndexReport:
         # Not under self._lock, so questions go on meanwhile (from the store as it was);
         # index_folder serializes indexers, and store() re-opens once the index changed.
+        from rag.indexer import index_folder
+
         return index_folder(
             self.settings,
             rebuild=rebuild,
@@ -148,6 +167,8 @@ class Engine:
         self, query: str, k: int | None = None, query_vector: np.ndarray | None = None
     ) -> list[Hit]:
         """Hybrid (dense + BM25) hits; pass `query_vector` to reuse the query's embedding."""
+        # The plain HybridRetriever, not rag.components.HybridNodeRetriever (which wraps
+        # this method): importing llama-index costs a cold `rag search` ~1.7 s.
         query = query.strip()
         if not query:
             raise UserError("the question is empty")
@@ -187,7 +208,8 @@ class Engine:
         lang = self._language(question, previous, language)
         search_query = follow_up_query(question, previous)
         query_vector = self.embedder.embed_query(search_query)
-        hits = self.search(search_query, k, query_vector)
+        pipeline = self.pipeline(backend, search_query, query_vector)
+        hits = pipeline.retrieve(k)
         timings = {"retrieve_ms": _ms(started)}
         confidence = max((h.dense_score or 0.0 for h in hits), default=0.0)
         gate = not hits or confidence < self.settings.refusal_threshold
@@ -208,11 +230,9 @@ class Engine:
             yield Delta(refusal_message(lang))
             yield finish(refusal_message(lang), True, [])
             return
-        evidence = self.evidence_class(hits, query_vector, self.embedder)
+        pipeline.score()
         if backend is None:
-            text, citations = extractive(
-                evidence.best(EXTRACTIVE_SENTENCES, EXTRACTIVE_MARGIN), lang
-            )
+            text, citations = extractive(pipeline.best(), lang)
             timings["first_token_ms"] = _ms(started)
             yield Delta(text)
             yield finish(text, False, citations)
@@ -224,7 +244,7 @@ class Engine:
             self.settings.first_token_target,
         )
         timings["context_tokens"] = budget
-        sources = evidence.select(budget)
+        sources = pipeline.select(budget)
         messages = build_messages(question, sources, lang, previous)
         reply = ""
         for delta in stream_hold(backend.stream(messages)):
@@ -239,12 +259,22 @@ class Engine:
             yield finish(refusal_message(lang), True, [], grounded.support())
             return
         if grounded is None:  # nothing in the reply can be tied to a source: quote instead
-            text, citations = extractive(
-                evidence.best(EXTRACTIVE_SENTENCES, EXTRACTIVE_MARGIN), lang
-            )
+            text, citations = extractive(pipeline.best(), lang)
             yield finish(text, False, citations)
             return
         yield finish(grounded.text, False, grounded.citations, grounded.support())
+
+    def pipeline(self, backend: ChatBackend | None, query: str, vector: np.ndarray) -> Pipeline:
+        """How an answer retrieves and picks its evidence. With an LLM, as llama-index
+        components (rag.components: HybridNodeRetriever, EvidencePostprocessor), which
+        that path loads anyway (tokenizer, LLM wrappers); without one, directly, since
+        a cold `rag ask --llm none` would pay ~1.7 s importing llama-index. Both give
+        the same hits and sources (tests/test_components.py)."""
+        if backend is None:
+            return DirectPipeline(self, query, vector)
+        from rag.components import NodePipeline
+
+        return NodePipeline(self, query, vector)
 
     def _language(self, question: str, previous: str | None, fixed: str | None) -> str:
         fixed = fixed or self.settings.answer_language

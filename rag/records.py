@@ -192,3 +192,30 @@ class Answer:
             "timings": {k: round(v, 1) for k, v in self.timings.items()},
             "backend": self.backend,
         }
+
+
+# The events of a streamed answer (Engine.ask_stream), here so that every face of the
+# engine (CLI, server, UI, rag.components) reads them without importing the engine.
+
+
+@dataclass
+class Retrieved:
+    """First event of an answer: the evidence, before any token is generated."""
+
+    hits: list[Hit]
+    language: str
+    search_query: str
+    refused: bool
+
+
+@dataclass
+class Delta:
+    text: str
+
+
+@dataclass
+class Finished:
+    answer: Answer
+
+
+Event = Retrieved | Delta | Finished

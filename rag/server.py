@@ -14,7 +14,6 @@ Errors are JSON, `{"error": {"message", "type", "code"}}`, never a traceback.
 from __future__ import annotations
 
 import contextlib
-import hmac
 import ipaddress
 import json
 import os
@@ -22,52 +21,41 @@ import signal
 import socket
 import threading
 import time
-import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
 import anyio
-from fastapi import Depends, FastAPI, HTTPException, Query, Request
-from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, StreamingResponse
-from pydantic import BaseModel, ConfigDict, Field
-from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from fastapi import Depends, FastAPI, Query, Request
+from fastapi.responses import StreamingResponse
+from pydantic import BaseModel, Field
 
+from rag.api_support import (
+    ApiError,
+    BodyLimit,
+    GenerationQueue,
+    api_key_check,
+    close_events,
+    in_threads,
+    install_error_handlers,
+    sse,
+    stream_error,
+)
 from rag.client import ADDRESS_FILE
 from rag.config import Settings
-from rag.engine import Delta, Engine, Finished, Retrieved
-from rag.llm import BACKENDS, LLMError
-from rag.records import Answer, UserError, one_line
-
-MODEL_ID = "rag"
-RETRY_AFTER_SECONDS = 5
-
+from rag.engine import Engine
+from rag.llm import BACKENDS
+from rag.openai_api import (
+    MODEL_ID,
+    ChatCompletionRequest,
+    Completion,
+    backend_for_model,
+    conversation,
+    openai_sse,
+)
+from rag.records import Answer, Delta, Finished, Retrieved, UserError
 
 # -- requests ---------------------------------------------------------------------------
-
-
-class ChatMessageIn(BaseModel):
-    model_config = ConfigDict(extra="allow")
-    role: str
-    # a string, or OpenAI's list of content parts ({"type": "text", "text": ...})
-    content: str | list[dict[str, Any]] | None = None
-
-    def text(self) -> str:
-        if isinstance(self.content, list):
-            return "".join(str(p.get("text", "")) for p in self.content if p.get("type") == "text")
-        return self.content or ""
-
-
-class ChatCompletionRequest(BaseModel):
-    """OpenAI's request; sampling fields (temperature, max_tokens, ...) are accepted and
-    ignored: the assistant's settings decide them."""
-
-    model_config = ConfigDict(extra="allow")
-    model: str = MODEL_ID
-    messages: list[ChatMessageIn] = Field(min_length=1)
-    stream: bool = False
 
 
 class AskRequest(BaseModel):
@@ -80,153 +68,6 @@ class AskRequest(BaseModel):
 
 class IndexRequest(BaseModel):
     rebuild: bool = False
-
-
-# -- errors -----------------------------------------------------------------------------
-
-
-class ApiError(Exception):
-    def __init__(self, status: int, message: str, code: str, headers: dict | None = None):
-        super().__init__(message)
-        self.status, self.message, self.code, self.headers = status, message, code, headers
-
-
-def error_body(message: str, code: str, kind: str = "invalid_request_error") -> dict[str, Any]:
-    return {"error": {"message": message, "type": kind, "code": code}}
-
-
-def _error_response(status: int, message: str, code: str, headers: dict | None = None) -> Any:
-    kind = "server_error" if status >= 500 else "invalid_request_error"
-    return JSONResponse(error_body(message, code, kind), status_code=status, headers=headers)
-
-
-def _validation_message(exc: RequestValidationError) -> tuple[int, str]:
-    errors = exc.errors()
-    if any(e.get("type") == "json_invalid" for e in errors):
-        return 400, "the request body is not valid JSON"
-    first = errors[0] if errors else {}
-    where = ".".join(str(p) for p in first.get("loc", ()) if p != "body") or "body"
-    return 422, f"invalid request: {where}: {first.get('msg', 'invalid value')}"
-
-
-def _install_error_handlers(app: FastAPI) -> None:
-    @app.exception_handler(ApiError)
-    async def api_error(_: Request, exc: ApiError) -> Any:
-        return _error_response(exc.status, exc.message, exc.code, exc.headers)
-
-    @app.exception_handler(RequestValidationError)
-    async def invalid(_: Request, exc: RequestValidationError) -> Any:
-        status, message = _validation_message(exc)
-        return _error_response(status, message, "invalid_request")
-
-    @app.exception_handler(StarletteHTTPException)
-    async def http_error(request: Request, exc: StarletteHTTPException) -> Any:
-        if exc.status_code == 404:
-            message = f"no route {request.method} {request.url.path}; see /docs"
-        elif exc.status_code == 405:
-            message = f"{request.method} is not allowed on {request.url.path}"
-        else:
-            message = str(exc.detail)
-        return _error_response(exc.status_code, message, _code(exc.status_code), exc.headers)
-
-    @app.exception_handler(UserError)
-    async def user_error(_: Request, exc: UserError) -> Any:
-        return _error_response(*_user_error_status(exc), None)
-
-    @app.exception_handler(Exception)
-    async def internal(_: Request, exc: Exception) -> Any:
-        return _error_response(500, f"internal error: {one_line(exc)}", "internal_error")
-
-
-def _user_error_status(exc: UserError) -> tuple[int, str, str]:
-    if isinstance(exc, LLMError):
-        return 503, str(exc), "llm_unavailable"
-    return 400, str(exc), "bad_request"
-
-
-def _code(status: int) -> str:
-    return {401: "unauthorized", 404: "not_found", 405: "method_not_allowed", 413: "too_large"}.get(
-        status, "error"
-    )
-
-
-# -- limits -----------------------------------------------------------------------------
-
-
-class BodyLimit:
-    """ASGI middleware: refuse request bodies over `limit` bytes with 413, whether the
-    client declares the size or streams it."""
-
-    def __init__(self, app: ASGIApp, limit: int) -> None:
-        self.app, self.limit = app, limit
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        declared = dict(scope.get("headers") or []).get(b"content-length")
-        if declared is not None and (not declared.isdigit() or int(declared) > self.limit):
-            await self._refuse(send)
-            return
-        seen = 0
-
-        async def counted() -> Message:
-            nonlocal seen
-            message = await receive()
-            seen += len(message.get("body", b""))
-            if seen > self.limit:
-                raise HTTPException(413, self._message())
-            return message
-
-        await self.app(scope, counted, send)
-
-    def _message(self) -> str:
-        return f"the request body is larger than {self.limit // 1024} KB (RAG_SERVE_MAX_BODY_KB)"
-
-    async def _refuse(self, send: Send) -> None:
-        await _error_response(413, self._message(), "too_large")({"type": "http"}, _no_body, send)
-
-
-async def _no_body() -> Message:
-    return {"type": "http.request", "body": b"", "more_body": False}
-
-
-class GenerationQueue:
-    """One LLM generation at a time, at most `depth` waiting; the next is turned away
-    (429) at once rather than left to time out."""
-
-    def __init__(self, depth: int) -> None:
-        self.capacity = depth + 1
-        self._count = 0
-        self._count_lock = threading.Lock()
-        # a plain Lock: a streamed answer may release it from another worker thread
-        self._generating = threading.Lock()
-
-    @property
-    def busy(self) -> int:
-        return self._count
-
-    def admit(self) -> None:
-        with self._count_lock:
-            if self._count >= self.capacity:
-                raise ApiError(
-                    429,
-                    f"the assistant is answering {self._count} questions already; "
-                    f"retry in {RETRY_AFTER_SECONDS} s",
-                    "busy",
-                    {"Retry-After": str(RETRY_AFTER_SECONDS)},
-                )
-            self._count += 1
-
-    @contextlib.contextmanager
-    def generating(self) -> Iterator[None]:
-        """Hold the generation slot of an admitted request, then leave the queue."""
-        try:
-            with self._generating:
-                yield
-        finally:
-            with self._count_lock:
-                self._count -= 1
 
 
 # -- the app ----------------------------------------------------------------------------
@@ -242,8 +83,8 @@ def create_app(engine: Engine, settings: Settings | None = None) -> FastAPI:
         summary="Cited answers from your documents, offline. OpenAI-compatible and REST.",
     )
     app.state.engine, app.state.queue, app.state.ready = engine, queue, state
-    _install_error_handlers(app)
-    auth = [Depends(_api_key_check(settings.api_key))]
+    install_error_handlers(app)
+    auth = [Depends(api_key_check(settings.api_key))]
 
     @app.get("/health", tags=["service"])
     def health() -> dict[str, Any]:
@@ -294,39 +135,18 @@ def create_app(engine: Engine, settings: Settings | None = None) -> FastAPI:
 
     @app.post("/v1/chat/completions", dependencies=auth, tags=["openai"])
     async def chat_completions(request: ChatCompletionRequest) -> Any:
-        question, history = _conversation(request.messages)
-        llm = _backend_for_model(request.model, settings)
+        question, history = conversation(request.messages)
+        llm = backend_for_model(request.model, settings)
         events = _answer_events(engine, queue, question, history, llm, None)
-        completion = _Completion(request.model)
+        completion = Completion(request.model)
         if request.stream:
-            return StreamingResponse(
-                _openai_sse(completion, events), media_type="text/event-stream"
-            )
+            return StreamingResponse(openai_sse(completion, events), media_type="text/event-stream")
         answer = await anyio.to_thread.run_sync(_final_answer, events)
         return completion.whole(answer)
 
     app.add_middleware(BodyLimit, limit=settings.serve_max_body_kb * 1024)
     app.state.warm_up = lambda: _warm_up(engine, settings, state)
     return app
-
-
-def _api_key_check(key: str) -> Any:
-    def check(request: Request) -> None:
-        if not key:
-            return
-        given = request.headers.get("x-api-key", "")
-        scheme, _, token = request.headers.get("authorization", "").partition(" ")
-        if scheme.lower() == "bearer":
-            given = token.strip()
-        if not hmac.compare_digest(given.encode(), key.encode()):
-            raise ApiError(
-                401,
-                "missing or wrong API key: send 'Authorization: Bearer <RAG_API_KEY>'",
-                "invalid_api_key",
-                {"WWW-Authenticate": "Bearer"},
-            )
-
-    return check
 
 
 def _backend_name(name: str | None, settings: Settings) -> str:
@@ -336,28 +156,6 @@ def _backend_name(name: str | None, settings: Settings) -> str:
             400, f"unknown LLM backend {name!r}; use one of {', '.join(BACKENDS)}", "bad_llm"
         )
     return name
-
-
-def _backend_for_model(model: str, settings: Settings) -> str:
-    if model == MODEL_ID:
-        return settings.llm
-    prefix = f"{MODEL_ID}-"
-    if model.startswith(prefix) and model[len(prefix) :] in BACKENDS:
-        return model[len(prefix) :]
-    raise ApiError(404, f"unknown model {model!r}; GET /v1/models lists them", "model_not_found")
-
-
-def _conversation(messages: list[ChatMessageIn]) -> tuple[str, list[dict[str, str]]]:
-    """The last user message is the question; the user and assistant turns before it
-    are the history (system messages are the client's, not ours: ignored)."""
-    if messages[-1].role != "user" or not messages[-1].text().strip():
-        raise ApiError(400, "the last message must be the user's question", "invalid_request")
-    history = [
-        {"role": m.role, "content": m.text()}
-        for m in messages[:-1]
-        if m.role in ("user", "assistant") and m.text().strip()
-    ]
-    return messages[-1].text(), history
 
 
 # -- answering --------------------------------------------------------------------------
@@ -391,7 +189,7 @@ def _final_answer(events: Iterator[Any]) -> Answer:
             if isinstance(event, Finished):
                 return event.answer
     finally:
-        _close(events)
+        close_events(events)
     raise RuntimeError("the engine ended without an answer")
 
 
@@ -399,42 +197,17 @@ def _final_answer_dict(events: Iterator[Any]) -> dict[str, Any]:
     return _final_answer(events).as_dict()
 
 
-def _close(events: Iterator[Any]) -> None:
-    close = getattr(events, "close", None)
-    if close is not None:
-        close()
-
-
-async def _in_threads(events: Iterator[Any]) -> AsyncIterator[Any]:
-    """Iterate a blocking generator in worker threads; closed (releasing the generation
-    slot) even when the client goes away mid-answer."""
-    done = object()
-    try:
-        while True:
-            event = await anyio.to_thread.run_sync(next, events, done)
-            if event is done:
-                return
-            yield event
-    finally:
-        await anyio.to_thread.run_sync(_close, events)
-
-
-def _sse(data: Any, event: str | None = None) -> str:
-    head = f"event: {event}\n" if event else ""
-    return f"{head}data: {json.dumps(data, ensure_ascii=False)}\n\n"
-
-
 async def _rest_sse(events: Iterator[Any]) -> AsyncIterator[str]:
     try:
-        async for event in _in_threads(events):
+        async for event in in_threads(events):
             if isinstance(event, Retrieved):
-                yield _sse(_evidence(event), "evidence")
+                yield sse(_evidence(event), "evidence")
             elif isinstance(event, Delta):
-                yield _sse({"text": event.text}, "delta")
+                yield sse({"text": event.text}, "delta")
             elif isinstance(event, Finished):
-                yield _sse(event.answer.as_dict(), "final")
+                yield sse(event.answer.as_dict(), "final")
     except Exception as exc:  # headers are sent: the error becomes the last event
-        yield _sse(_stream_error(exc), "error")
+        yield sse(stream_error(exc), "error")
 
 
 def _evidence(event: Retrieved) -> dict[str, Any]:
@@ -443,114 +216,6 @@ def _evidence(event: Retrieved) -> dict[str, Any]:
         "search_query": event.search_query,
         "refused": event.refused,
         "hits": [h.as_row() for h in event.hits],
-    }
-
-
-def _stream_error(exc: Exception) -> dict[str, Any]:
-    if isinstance(exc, ApiError):
-        return error_body(exc.message, exc.code)
-    if isinstance(exc, UserError):
-        _, message, code = _user_error_status(exc)
-        return error_body(message, code)
-    return error_body(f"internal error: {one_line(exc)}", "internal_error", "server_error")
-
-
-# -- OpenAI's shapes --------------------------------------------------------------------
-
-
-class _Completion:
-    """One chat completion's id and envelope, for whole and streamed replies."""
-
-    def __init__(self, model: str) -> None:
-        self.id = f"chatcmpl-{uuid.uuid4().hex[:24]}"
-        self.model = model
-        self.created = int(time.time())
-
-    def envelope(self, kind: str) -> dict[str, Any]:
-        return {"id": self.id, "object": kind, "created": self.created, "model": self.model}
-
-    def whole(self, answer: Answer) -> dict[str, Any]:
-        message = {"role": "assistant", "content": answer.answer + footnotes(answer)}
-        return {
-            **self.envelope("chat.completion"),
-            "choices": [{"index": 0, "message": message, "finish_reason": "stop"}],
-            "usage": _usage(answer),
-            "rag": rag_extra(answer),
-        }
-
-    def chunk(self, delta: dict[str, Any], finish: str | None = None) -> str:
-        choice = {"index": 0, "delta": delta, "finish_reason": finish}
-        return _sse({**self.envelope("chat.completion.chunk"), "choices": [choice]})
-
-
-async def _openai_sse(completion: _Completion, events: Iterator[Any]) -> AsyncIterator[str]:
-    yield completion.chunk({"role": "assistant", "content": ""})
-    streamed = ""
-    try:
-        async for event in _in_threads(events):
-            if isinstance(event, Delta):
-                streamed += event.text
-                yield completion.chunk({"content": event.text})
-            elif isinstance(event, Finished):
-                tail = _correction(streamed, event.answer.answer) + footnotes(event.answer)
-                final = json.loads(completion.chunk({"content": tail}, "stop")[6:])
-                final["rag"] = rag_extra(event.answer)
-                yield _sse(final)
-    except Exception as exc:  # headers are sent: the error ends the stream
-        yield _sse(_stream_error(exc))
-    yield "data: [DONE]\n\n"
-
-
-def _correction(streamed: str, final: str) -> str:
-    """What to append when the checked answer differs from the streamed text (markers
-    cleaned, an unsupported claim dropped, a refusal): a streamed text cannot be taken
-    back, so the checked answer follows it after a rule."""
-    if " ".join(streamed.split()) == " ".join(final.split()):
-        return ""
-    return final if not streamed.strip() else f"\n\n---\n{final}"
-
-
-def footnotes(answer: Answer) -> str:
-    """The cited sources as a markdown list after the answer, one per `[n]`."""
-    if answer.refused or not answer.citations:
-        return ""
-    lines = []
-    for c in answer.citations:
-        first, last = c.lines
-        where = f"line {first}" if first == last else f"lines {first}-{last}"
-        link = f" ({c.url})" if c.url else ""
-        quote = " ".join(c.quote.split())
-        lines.append(f"- [{c.n}] {c.file}, {where}: “{quote}”{link}")
-    return "\n\n" + "\n".join(lines)
-
-
-def rag_extra(answer: Answer) -> dict[str, Any]:
-    """The documented extra field `rag` of a completion: the structured answer."""
-    data = answer.as_dict()
-    return {
-        key: data[key]
-        for key in (
-            "answer",
-            "refused",
-            "language",
-            "citations",
-            "support",
-            "retrieved",
-            "search_query",
-            "backend",
-            "timings",
-        )
-    }
-
-
-def _usage(answer: Answer) -> dict[str, int]:
-    # The engine does not count model tokens; words are an honest, labelled estimate.
-    completion = len(answer.answer.split())
-    prompt = len(answer.question.split())
-    return {
-        "prompt_tokens": prompt,
-        "completion_tokens": completion,
-        "total_tokens": prompt + completion,
     }
 
 

@@ -1,0 +1,152 @@
+"""The OpenAI face of `rag serve`: chat-completion requests in, completions and SSE
+chunks out. The text keeps its [n] markers and ends with the sources as markdown; the
+structured answer rides in the extra field `rag`."""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from rag.answer import stream_correction
+from rag.api_support import ApiError, in_threads, sse, stream_error
+from rag.config import Settings
+from rag.llm import BACKENDS
+from rag.records import Answer, Delta, Finished
+
+MODEL_ID = "rag"
+
+
+class ChatMessageIn(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    role: str
+    # a string, or OpenAI's list of content parts ({"type": "text", "text": ...})
+    content: str | list[dict[str, Any]] | None = None
+
+    def text(self) -> str:
+        if isinstance(self.content, list):
+            return "".join(str(p.get("text", "")) for p in self.content if p.get("type") == "text")
+        return self.content or ""
+
+
+class ChatCompletionRequest(BaseModel):
+    """OpenAI's request; sampling fields (temperature, max_tokens, ...) are accepted and
+    ignored: the assistant's settings decide them."""
+
+    model_config = ConfigDict(extra="allow")
+    model: str = MODEL_ID
+    messages: list[ChatMessageIn] = Field(min_length=1)
+    stream: bool = False
+
+
+def backend_for_model(model: str, settings: Settings) -> str:
+    if model == MODEL_ID:
+        return settings.llm
+    prefix = f"{MODEL_ID}-"
+    if model.startswith(prefix) and model[len(prefix) :] in BACKENDS:
+        return model[len(prefix) :]
+    raise ApiError(404, f"unknown model {model!r}; GET /v1/models lists them", "model_not_found")
+
+
+def conversation(messages: list[ChatMessageIn]) -> tuple[str, list[dict[str, str]]]:
+    """The last user message is the question; the user and assistant turns before it
+    are the history (system messages are the client's, not ours: ignored)."""
+    if messages[-1].role != "user" or not messages[-1].text().strip():
+        raise ApiError(400, "the last message must be the user's question", "invalid_request")
+    history = [
+        {"role": m.role, "content": m.text()}
+        for m in messages[:-1]
+        if m.role in ("user", "assistant") and m.text().strip()
+    ]
+    return messages[-1].text(), history
+
+
+class Completion:
+    """One chat completion's id and envelope, for whole and streamed replies."""
+
+    def __init__(self, model: str) -> None:
+        self.id = f"chatcmpl-{uuid.uuid4().hex[:24]}"
+        self.model = model
+        self.created = int(time.time())
+
+    def envelope(self, kind: str) -> dict[str, Any]:
+        return {"id": self.id, "object": kind, "created": self.created, "model": self.model}
+
+    def whole(self, answer: Answer) -> dict[str, Any]:
+        message = {"role": "assistant", "content": answer.answer + footnotes(answer)}
+        return {
+            **self.envelope("chat.completion"),
+            "choices": [{"index": 0, "message": message, "finish_reason": "stop"}],
+            "usage": _usage(answer),
+            "rag": rag_extra(answer),
+        }
+
+    def chunk(self, delta: dict[str, Any], finish: str | None = None) -> str:
+        choice = {"index": 0, "delta": delta, "finish_reason": finish}
+        return sse({**self.envelope("chat.completion.chunk"), "choices": [choice]})
+
+
+async def openai_sse(completion: Completion, events: Iterator[Any]) -> AsyncIterator[str]:
+    yield completion.chunk({"role": "assistant", "content": ""})
+    streamed = ""
+    try:
+        async for event in in_threads(events):
+            if isinstance(event, Delta):
+                streamed += event.text
+                yield completion.chunk({"content": event.text})
+            elif isinstance(event, Finished):
+                tail = stream_correction(streamed, event.answer.answer) + footnotes(event.answer)
+                final = json.loads(completion.chunk({"content": tail}, "stop")[6:])
+                final["rag"] = rag_extra(event.answer)
+                yield sse(final)
+    except Exception as exc:  # headers are sent: the error ends the stream
+        yield sse(stream_error(exc))
+    yield "data: [DONE]\n\n"
+
+
+def footnotes(answer: Answer) -> str:
+    """The cited sources as a markdown list after the answer, one per `[n]`."""
+    if answer.refused or not answer.citations:
+        return ""
+    lines = []
+    for c in answer.citations:
+        first, last = c.lines
+        where = f"line {first}" if first == last else f"lines {first}-{last}"
+        link = f" ({c.url})" if c.url else ""
+        quote = " ".join(c.quote.split())
+        lines.append(f"- [{c.n}] {c.file}, {where}: “{quote}”{link}")
+    return "\n\n" + "\n".join(lines)
+
+
+def rag_extra(answer: Answer) -> dict[str, Any]:
+    """The documented extra field `rag` of a completion: the structured answer."""
+    data = answer.as_dict()
+    return {
+        key: data[key]
+        for key in (
+            "answer",
+            "refused",
+            "language",
+            "citations",
+            "support",
+            "retrieved",
+            "search_query",
+            "backend",
+            "timings",
+        )
+    }
+
+
+def _usage(answer: Answer) -> dict[str, int]:
+    # The engine does not count model tokens; words are an honest, labelled estimate.
+    completion = len(answer.answer.split())
+    prompt = len(answer.question.split())
+    return {
+        "prompt_tokens": prompt,
+        "completion_tokens": completion,
+        "total_tokens": prompt + completion,
+    }
