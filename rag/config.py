@@ -26,11 +26,6 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 PROMPTS_DIR = PROJECT_ROOT / "prompts"
 
 
-def _env(name: str, default: str) -> str:
-    value = os.environ.get(name, "").strip()
-    return value or default
-
-
 def _default_cache_dir() -> Path:
     xdg = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
     return Path(xdg) / "rag"
@@ -46,6 +41,9 @@ class Settings:
     chroma_url: str | None = None
     collection: str = "rag_chunks"
     embed_model: str = PACKAGED_EMBED_MODEL
+    # onnx: the packaged e5 exported at `rag setup`, no torch on the query path (a cold
+    # `rag search` ~4x faster); torch: sentence-transformers, embed_dtype applies.
+    embed_runtime: str = "onnx"
     embed_dtype: str = "bfloat16"
     embed_batch: int = 16
     chunk_tokens: int = 200

