@@ -74,13 +74,15 @@ def golden_questions() -> list[str]:
 
 def load(runtime: str, int8_folder: Path | None) -> Any:
     """The Embedder of `runtime`, loaded in this process."""
-    from rag import models
+    from rag import e5_folder, e5_onnx, models
 
     if runtime == "onnx-int8":
         assert int8_folder is not None
-        model = models.load_onnx_e5(int8_folder, os.cpu_count() or 1)
+        model = e5_onnx.load_onnx_e5(int8_folder, os.cpu_count() or 1)
         identity = models.embedder_identity(Settings()) + " int8"
-        return models.Embedder(model, identity, Settings().embed_batch, models.E5_PROMPTS, "onnx")
+        return models.Embedder(
+            model, identity, Settings().embed_batch, e5_folder.E5_PROMPTS, "onnx"
+        )
     kind, precision = runtime.split("-")
     dtype = {"bf16": "bfloat16", "fp32": "float32"}[precision]
     return models.load_embedder(Settings.from_env(embed_runtime=kind, embed_dtype=dtype))
@@ -139,7 +141,7 @@ def build_int8(work: Path) -> Path:
     """The shipped ONNX folder with its graph's weights quantized to int8."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    from rag.models import ONNX_MODEL, ensure_e5_onnx
+    from rag.e5_onnx import ONNX_MODEL, ensure_e5_onnx
 
     source = ensure_e5_onnx(Settings.from_env().cache_dir)
     folder = work / "onnx-int8"

@@ -6,6 +6,7 @@ the others.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -16,6 +17,13 @@ class UserError(Exception):
 
 class IngestError(UserError):
     """A file that cannot be indexed; the message is the one-line reason."""
+
+
+class ModelError(UserError):
+    """A model is missing, broken or not available offline; the message names the fix."""
+
+
+Progress = Callable[[str], None]  # reports a step of a long set-up to the user
 
 
 def one_line(exc: BaseException, limit: int = 300) -> str:

