@@ -5,14 +5,13 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import os
 import sys
 import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from rag.config import ConfigError, Settings
+from rag.config import ConfigError, Settings, debug_enabled
 from rag.records import UserError, one_line
 
 EXIT_USER_ERROR = 1
@@ -330,7 +329,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:
         return 0
     except Exception as exc:  # the last line of defence: one line, never a traceback
-        if os.environ.get("RAG_DEBUG"):
+        if debug_enabled():
             raise
         print(
             f"internal error: {type(exc).__name__}: {one_line(exc)} (set RAG_DEBUG=1 for details)",

@@ -138,5 +138,10 @@ def _coerce(default: object, raw: str, name: str) -> object:
     return raw
 
 
+def debug_enabled() -> bool:
+    """RAG_DEBUG=1: show the traceback of an internal error instead of one line."""
+    return os.environ.get("RAG_DEBUG", "").strip() not in ("", "0")
+
+
 class ConfigError(ValueError):
     """A setting has a value that cannot be used."""

@@ -30,13 +30,11 @@ from rag.models import Embedder, embedder_identity, load_embedder, model_status
 from rag.records import Answer, Delta, Event, Finished, Hit, Retrieved, UserError
 from rag.retrieve import HybridRetriever, keyword_index_for
 from rag.store import Store
+from rag.tuning import FOLLOW_UP_MAX_WORDS
 
 if TYPE_CHECKING:  # the indexer (and the readers it imports) only when indexing
     from rag.indexer import IndexReport
 
-# A follow-up this short ("And in Dong Nai?") is searched together with the previous
-# question; a longer one stands on its own.
-FOLLOW_UP_MAX_WORDS = 8
 # A store replaced by a fresh one is closed this long after, when no search that
 # started on it can still be running.
 RETIRE_SECONDS = 30.0
@@ -176,15 +174,9 @@ class Engine:
         retriever = HybridRetriever(store, self.embedder, keyword_index_for(store))
         return retriever.search(query, k or self.settings.top_k, query_vector)
 
-    def ask(
-        self,
-        question: str,
-        history: Sequence[dict[str, str]] | None = None,
-        llm: str | None = None,
-        k: int | None = None,
-        language: str | None = None,
-    ) -> Answer:
-        for event in self.ask_stream(question, history, llm, k, language):
+    def ask(self, question: str, *args: Any, **kwargs: Any) -> Answer:
+        """The finished answer of `ask_stream` (same arguments)."""
+        for event in self.ask_stream(question, *args, **kwargs):
             if isinstance(event, Finished):
                 return event.answer
         raise AssertionError("ask_stream ended without an answer")

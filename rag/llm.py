@@ -16,6 +16,7 @@ from typing import Any, Protocol
 
 from rag.config import Settings
 from rag.records import UserError, one_line
+from rag.tuning import LLM_REPEAT_PENALTY, LLM_TEMPERATURE, LLM_TOP_P
 
 BACKENDS = ("local", "openai", "none")
 # RAG_CONTEXT_TOKENS=auto: the source budget (cl100k tokens, about as many as Qwen's)
@@ -113,18 +114,20 @@ class LocalBackend:
         try:
             self._llm = LlamaCPP(
                 model_path=str(path),
-                temperature=0.1,
+                temperature=LLM_TEMPERATURE,
                 max_new_tokens=settings.llm_max_tokens,
                 context_window=settings.llm_context,
-                generate_kwargs={"top_p": 0.9, "repeat_penalty": 1.05, "stop": CHATML_STOP},
+                generate_kwargs={
+                    "top_p": LLM_TOP_P,
+                    "repeat_penalty": LLM_REPEAT_PENALTY,
+                    "stop": CHATML_STOP,
+                },
                 model_kwargs={
                     "n_threads": settings.llm_threads,
                     "n_threads_batch": settings.llm_threads,
                     "n_batch": 512,
                     "verbose": False,
                 },
-                messages_to_prompt=chatml,
-                completion_to_prompt=lambda text: chatml([Message("user", text)]),
                 verbose=False,
             )
         except Exception as exc:
@@ -172,7 +175,7 @@ class OpenAIBackend:
             is_chat_model=True,
             context_window=settings.llm_context,
             max_tokens=settings.llm_max_tokens,
-            temperature=0.1,
+            temperature=LLM_TEMPERATURE,
             timeout=120,
             max_retries=1,
         )
