@@ -286,7 +286,9 @@ def test_two_megabyte_line_without_sentence_breaks(with_spaces: bool) -> None:
     started = time.perf_counter()
     chunks = chunk_document(doc, MAX_TOKENS, OVERLAP)
     elapsed = time.perf_counter() - started
-    assert elapsed < 5.0
+    # Not a speed target (bench/ has those): a bound that only a quadratic cut, minutes
+    # on 2 MB, breaks; ~1-2 s on an idle 2-core machine, 6-11 s under a parallel build.
+    assert elapsed < 60.0
     assert len(chunks) > 1000
     sample = chunks[:50] + chunks[-50:]
     assert all(count_tokens(c.text) <= MAX_TOKENS for c in sample)
