@@ -10,12 +10,12 @@ export TRANSFORMERS_OFFLINE := 1
 export ANONYMIZED_TELEMETRY := False
 export STREAMLIT_BROWSER_GATHER_USAGE_STATS := false
 
-.PHONY: run test setup models browser lint bench index clean
+.PHONY: run test setup models browser ocr lint bench index clean
 
-run: setup index
+run: setup ocr index
 	$(BIN)/streamlit run app.py --server.address 127.0.0.1
 
-test: setup browser
+test: setup browser ocr
 	$(BIN)/python -m pytest -q
 
 setup: $(STAMP) models
@@ -60,7 +60,19 @@ browser:
 	@command -v chromium >/dev/null || { apt-get update -qq && \
 		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null; }
 
-index: setup
+# Debian's Tesseract and the language data of RAG_OCR_LANGUAGES' default, for scanned
+# PDFs and images; what is already installed is not asked for again. DejaVu: the tests
+# render text in several scripts with it.
+OCR_LANGS := eng rus deu nor vie
+ocr:
+	@missing=""; for lang in $(OCR_LANGS); do \
+		tesseract --list-langs 2>/dev/null | grep -qx "$$lang" || missing="$$missing tesseract-ocr-$$lang"; \
+	done; \
+	test -e /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf || missing="$$missing fonts-dejavu-core"; \
+	test -z "$$missing" || { apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq tesseract-ocr $$missing >/dev/null; }
+
+index: setup ocr
 	$(BIN)/rag index
 
 lint: $(STAMP)

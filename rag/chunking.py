@@ -298,15 +298,23 @@ class _LineIndex:
         self._line_numbers = doc.line_numbers
         self._breaks = [match.start() for match in re.finditer("\n", doc.text)]
 
-    def lines_of(self, start_char: int, end_char: int) -> tuple[int, ...]:
-        """File line numbers of every text line that text[start_char:end_char] touches."""
+    def rows_of(self, start_char: int, end_char: int) -> range:
+        """Indexes of the text lines that text[start_char:end_char] touches."""
         first = bisect_left(self._breaks, start_char)
         last = bisect_left(self._breaks, max(start_char, end_char - 1))
-        return tuple(self._line_numbers[first : last + 1])
+        return range(first, last + 1)
+
+    def lines_of(self, start_char: int, end_char: int) -> tuple[int, ...]:
+        """File line numbers of every text line that text[start_char:end_char] touches."""
+        rows = self.rows_of(start_char, end_char)
+        return tuple(self._line_numbers[rows.start : rows.stop])
 
 
 def _make_chunk(doc: Document, index: int, start: int, end: int, lines: _LineIndex) -> Chunk:
     line_map = lines.lines_of(start, end)
+    rows = lines.rows_of(start, end)
+    # none for a format without locations (or, defensively, locations that do not fit)
+    located = doc.locations[rows.start : rows.stop] if len(doc.locations) >= rows.stop else []
     return Chunk(
         chunk_id=chunk_id(doc.path, doc.content_hash, index, start, end),
         path=doc.path,
@@ -321,7 +329,17 @@ def _make_chunk(doc: Document, index: int, start: int, end: int, lines: _LineInd
         url=doc.url,
         title=doc.title,
         line_map=line_map,
+        ocr=_read_by_ocr(doc, line_map),
+        page_map=tuple(where.page or 0 for where in located),
+        section_map=tuple(where.section or "" for where in located),
+        label_map=tuple(where.label for where in located),
     )
+
+
+def _read_by_ocr(doc: Document, line_map: tuple[int, ...]) -> bool:
+    """Whether any of these file lines came from OCR (rag.ingest notes which did)."""
+    ranges = doc.metadata.get("ocr_lines") or ()
+    return any(first <= line_map[-1] and line_map[0] <= last for first, last in ranges)
 
 
 def chunk_id(path: str, content_hash: str, index: int, start: int, end: int) -> str:

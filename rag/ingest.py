@@ -13,15 +13,17 @@ import io
 import logging
 import os
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from rag.cleaning import clean_text
-from rag.config import SUPPORTED_EXTENSIONS
-from rag.decoding import declared_charset, decode_text, tidy_text
+from rag.config import OCR_IMAGE_EXTENSIONS, SUPPORTED_EXTENSIONS
+from rag.decoding import declared_charset, decode_text
+from rag.formats import FORMAT_READERS, read_format
 from rag.language import detect_language
-from rag.records import Document, IngestError, Skipped, one_line
+from rag.locations import Extracted, Lines, Sections, join_pages, markdown_locations
+from rag.ocr import OcrOptions, ocr_image, ocr_textless_pages
+from rag.records import Document, IngestError, Location, Skipped, one_line
 
 TITLE_CHARS = 120
 # A parser's error, as part of a skip reason, is cut to this many characters.
@@ -140,24 +142,24 @@ def _relative(path: Path, docs_dir: Path) -> str:
 # ----------------------------------------------------------------------------- reading
 
 
-@dataclass
-class _Extracted:
-    """The text of a file before cleaning, plus what its format told about it."""
-
-    text: str
-    url: str | None = None
-    title: str = ""
-    metadata: dict[str, Any] = field(default_factory=dict)
+# The text of a file before cleaning, what its format told about it, and where each of
+# its lines is (page, heading path, row): shared with the readers of rag.formats.
+_Extracted = Extracted
 
 
-def read_document(path: Path, docs_dir: Path, max_file_bytes: int) -> Document:
-    """Read, decode and clean one file; raise IngestError with the reason if unusable."""
+def read_document(
+    path: Path, docs_dir: Path, max_file_bytes: int, ocr: OcrOptions | None = None
+) -> Document:
+    """Read, decode and clean one file; raise IngestError with the reason if unusable.
+
+    Images and PDF pages without text are read by OCR, in RAG_OCR_LANGUAGES unless
+    `ocr` says otherwise."""
     suffix = path.suffix.lower()
     problem = _file_problem(suffix, 0, max_file_bytes)
     if problem:
         raise IngestError(problem)
     raw = _read_bytes(path, docs_dir, max_file_bytes)
-    extracted = _extract(suffix, raw)
+    extracted = _extract(suffix, raw, ocr or OcrOptions())
     cleaned = clean_text(extracted.text)
     if not cleaned.lines:
         raise IngestError("no text left after removing boilerplate lines")
@@ -171,7 +173,25 @@ def read_document(path: Path, docs_dir: Path, max_file_bytes: int) -> Document:
         url=extracted.url or cleaned.url,
         title=_title(extracted.title or cleaned.lines[0]),
         metadata={"format": suffix[1:], **extracted.metadata, **cleaned.metadata},
+        locations=_kept_locations(extracted, cleaned.line_numbers),
     )
+
+
+def extract_text(path: Path, max_file_bytes: int) -> str:
+    """A file's text before cleaning, as read_document reads it (for `rag explain`)."""
+    suffix = path.suffix.lower()
+    problem = _file_problem(suffix, 0, max_file_bytes)
+    if problem:
+        raise IngestError(problem)
+    raw = _read_bytes(path, path.parent, max_file_bytes)
+    return _extract(suffix, raw, OcrOptions()).text
+
+
+def _kept_locations(extracted: _Extracted, line_numbers: list[int]) -> list[Location]:
+    """The locations of the lines the cleaner kept (line_numbers are 1-based)."""
+    if len(extracted.locations) != extracted.text.count("\n") + 1:
+        return []  # a reader that gave none (or, defensively, a count that does not fit)
+    return [extracted.locations[number - 1] for number in line_numbers]
 
 
 def _read_bytes(path: Path, docs_dir: Path, max_file_bytes: int) -> bytes:
@@ -195,11 +215,15 @@ def _read_bytes(path: Path, docs_dir: Path, max_file_bytes: int) -> bytes:
     return raw
 
 
-def _extract(suffix: str, raw: bytes) -> _Extracted:
+def _extract(suffix: str, raw: bytes, ocr: OcrOptions) -> _Extracted:
     if suffix == ".pdf":
-        return _extract_pdf(raw)
+        return _extract_pdf(raw, ocr)
+    if suffix in OCR_IMAGE_EXTENSIONS:
+        return _extract_image(raw, ocr)
     if suffix == ".docx":
         return _extract_docx(raw)
+    if suffix in FORMAT_READERS:
+        return read_format(suffix, raw, _extract_html)
     if suffix in (".html", ".htm"):
         text, encoding = decode_text(raw, declared=declared_charset(raw))
         extracted = _extract_html(text)
@@ -208,7 +232,8 @@ def _extract(suffix: str, raw: bytes) -> _Extracted:
     text, encoding = decode_text(raw)
     if not text.strip():
         raise IngestError("only whitespace, no text")
-    return _Extracted(text, metadata={"encoding": encoding})
+    located = markdown_locations(text) if suffix == ".md" else []
+    return _Extracted(text, metadata={"encoding": encoding}, locations=located)
 
 
 def _title(first_line: str) -> str:
@@ -222,7 +247,7 @@ def _title(first_line: str) -> str:
 # ----------------------------------------------------------------------------- formats
 
 
-def _extract_pdf(raw: bytes) -> _Extracted:
+def _extract_pdf(raw: bytes, ocr: OcrOptions) -> _Extracted:
     from pypdf import PdfReader
 
     # pypdf logs its repairs of damaged files ("EOF marker not found") to stderr; the
@@ -237,10 +262,28 @@ def _extract_pdf(raw: bytes) -> _Extracted:
         raise
     except Exception as exc:  # pypdf raises many types on damaged files
         raise IngestError(f"corrupt PDF ({one_line(exc, REASON_CHARS)})") from exc
-    text = tidy_text("\n".join(pages))
-    if not text.strip():
-        raise IngestError("PDF has no extractable text (scanned images?)")
-    return _Extracted(text, metadata={"pages": len(pages)})
+    ocr_lines = ocr_textless_pages(raw, pages, ocr)  # scanned pages
+    paged = join_pages(pages)  # the text of tidy_text("\n".join(pages)), line by line
+    if not paged.has_text():
+        raise IngestError("PDF has no text, and OCR found none on its pages")
+    return paged.extracted(metadata={"pages": len(pages), **_ocr_metadata(ocr_lines)})
+
+
+def _extract_image(raw: bytes, ocr: OcrOptions) -> _Extracted:
+    pages = ocr_image(raw, ocr)  # one text per frame: a TIFF may hold many pages
+    paged = join_pages(pages)
+    if not paged.has_text():
+        raise IngestError("OCR found no text in the image")
+    metadata = {"pages": len(pages), **_ocr_metadata([[1, len(paged.lines)]])}
+    if len(pages) == 1:  # "p. 1" of a photo says nothing: cited by line
+        return _Extracted("\n".join(paged.lines), metadata=metadata)
+    return paged.extracted(metadata=metadata)
+
+
+def _ocr_metadata(lines: list[list[int]]) -> dict[str, Any]:
+    """Document.metadata["ocr_lines"]: the [first, last] file lines read by OCR, so that
+    chunks and citations from them say so (OCR text may hold misread words)."""
+    return {"ocr_lines": lines} if lines else {}
 
 
 def _opens_without_password(reader: Any) -> bool:
@@ -254,25 +297,37 @@ def _opens_without_password(reader: Any) -> bool:
 def _extract_docx(raw: bytes) -> _Extracted:
     import docx
 
+    located, sections = Lines(), Sections(numbered=True)
     try:
-        lines = list(_docx_lines(docx.Document(io.BytesIO(raw))))
+        for text, level in _docx_blocks(docx.Document(io.BytesIO(raw))):
+            where = sections.heading(level, text) if level else sections.paragraph(text)
+            located.add(text, where)
     except Exception as exc:  # zipfile, lxml and python-docx errors alike
         raise IngestError(f"corrupt .docx file ({one_line(exc, REASON_CHARS)})") from exc
-    text = tidy_text("\n".join(lines))
-    if not text.strip():
+    if not located.has_text():
         raise IngestError("document has no text")
-    return _Extracted(text)
+    return located.extracted()
 
 
-def _docx_lines(document: Any) -> Iterator[str]:
-    """Paragraphs and table rows in document order; a row's cells joined by " | "."""
+def _docx_blocks(document: Any) -> Iterator[tuple[str, int | None]]:
+    """Paragraphs (with their heading level, if headings) and table rows in document
+    order; a row's cells joined by " | "."""
     from docx.table import Table
 
     for block in document.iter_inner_content():
         if isinstance(block, Table):
-            yield from _table_rows(block)
+            yield from ((row, None) for row in _table_rows(block))
         else:
-            yield block.text
+            yield block.text, _heading_level(block)
+
+
+def _heading_level(paragraph: Any) -> int | None:
+    """1-9 for Word's built-in "Heading N" styles ("Title" counts as 1), else None."""
+    name = (paragraph.style.name if paragraph.style is not None else "") or ""
+    if name == "Title":
+        return 1
+    level = name.removeprefix("Heading ")
+    return int(level) if level != name and level.isdigit() else None
 
 
 def _table_rows(table: Any) -> Iterator[str]:
@@ -309,14 +364,30 @@ def _extract_html(markup: str) -> _Extracted:
             tag.insert_after(_BLOCK_BREAK)
         for tag in soup.find_all("br"):
             tag.replace_with(_BLOCK_BREAK)
+        for tag in soup.find_all(_HTML_HEADINGS):
+            tag.insert(0, _HEADING_MARK + tag.name[1])  # "\x012": the level, for the path
         text = soup.get_text()
     except Exception as exc:  # lxml copes with almost anything; be safe anyway
         raise IngestError(f"unreadable HTML ({one_line(exc, REASON_CHARS)})") from exc
-    lines = (" ".join(block.split()) for block in text.split(_BLOCK_BREAK))
-    text = "\n".join(line for line in lines if line)
-    if not text:
+    located, sections = Lines(), Sections(numbered=False)
+    for block in text.split(_BLOCK_BREAK):
+        line, level = _heading_mark(" ".join(block.split()))
+        if line:
+            located.add(line, sections.heading(level, line) if level else sections.paragraph(line))
+    if not located.has_text():
         raise IngestError("HTML page has no text")
-    return _Extracted(text, url=url, title=title)
+    return located.extracted(url=url, title=title)
+
+
+_HTML_HEADINGS = ("h1", "h2", "h3", "h4", "h5", "h6")
+_HEADING_MARK = "\x01"  # a control character: decode_text removed any the page had
+
+
+def _heading_mark(line: str) -> tuple[str, int | None]:
+    """The line without its heading mark, and the heading level the mark gave."""
+    if line.startswith(_HEADING_MARK) and line[1:2].isdigit():
+        return line[2:].strip(), int(line[1])
+    return line, None
 
 
 def _drop_page_furniture(soup: Any) -> None:

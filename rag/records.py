@@ -40,6 +40,20 @@ class Skipped:
     reason: str
 
 
+@dataclass(frozen=True)
+class Location:
+    """Where a line of a document is, as a reader finds it (see rag.locations)."""
+
+    page: int | None = None  # PDF page or slide number, 1-based
+    section: str | None = None  # heading path, sheet, chapter or e-mail subject
+    label: str = ""  # the place as shown: "p. 3", "Budget › Q3 ¶ 2", "Sheet1 row 14"
+
+
+# Separates the sections and labels of a chunk's lines in the store's flat metadata;
+# a control character, which tidy_text removes from every text and label.
+MAP_SEPARATOR = "\x1f"
+
+
 @dataclass
 class Document:
     """A cleaned source file.
@@ -47,7 +61,7 @@ class Document:
     `text` is the kept lines of the decoded file joined with "\\n"; every kept line is
     verbatim, so any substring of `text` that does not span a line break is an exact
     quote from the file. `line_numbers[i]` is the 1-based line number in the file of
-    line i of `text`.
+    line i of `text`. `locations` is empty, or `locations[i]` is where line i is.
     """
 
     path: str  # POSIX path relative to the documents folder
@@ -58,6 +72,7 @@ class Document:
     url: str | None = None
     title: str = ""
     metadata: dict[str, Any] = field(default_factory=dict)
+    locations: list[Location] = field(default_factory=list)
 
     def lines_of(self, start_char: int, end_char: int) -> tuple[int, int]:
         """First and last file line numbers covered by text[start_char:end_char]."""
@@ -84,15 +99,60 @@ class Chunk:
     title: str = ""
     # file line number of each line of `text` (blank lines are not in `text`)
     line_map: tuple[int, ...] = ()
+    ocr: bool = False  # some of its text was read by OCR, which can misread words
+    # where each line of `text` is (rag.locations); empty when the format tells nothing:
+    # the page (0: none), the section and the label of each line
+    page_map: tuple[int, ...] = ()
+    section_map: tuple[str, ...] = ()
+    label_map: tuple[str, ...] = ()
 
     def metadata(self) -> dict[str, str | int]:
-        """Flat metadata for the vector store (no None values, no lists)."""
+        """Flat metadata for the vector store (no None values, no lists).
+
+        Besides the fields, `page` and `last_page` (0: none) and `section` (at the
+        chunk's start), so the store can be filtered by them.
+        """
         meta = asdict(self)
         meta.pop("text")
         meta.pop("chunk_id")
         meta["url"] = meta["url"] or ""
         meta["line_map"] = ",".join(map(str, self.line_map))
+        meta["page_map"] = ",".join(map(str, self.page_map))
+        meta["section_map"] = MAP_SEPARATOR.join(self.section_map)
+        meta["label_map"] = MAP_SEPARATOR.join(self.label_map)
+        meta["page"], meta["last_page"] = self.page or 0, self.last_page or 0
+        meta["section"] = self.section or ""
         return meta
+
+    @property
+    def page(self) -> int | None:
+        """The first page (or slide) the chunk is on, None when the format has none."""
+        return next((page for page in self.page_map if page), None)
+
+    @property
+    def last_page(self) -> int | None:
+        return next((page for page in reversed(self.page_map) if page), None)
+
+    @property
+    def section(self) -> str | None:
+        """The heading path (sheet, chapter, subject) at the chunk's start."""
+        return self.section_map[0] if self.section_map and self.section_map[0] else None
+
+    def location_at(self, offset: int) -> Location | None:
+        """Where the line holding the character at `offset` in `text` is, if known."""
+        row = self.text.count("\n", 0, offset)
+        if row >= len(self.label_map):
+            return None
+        page = self.page_map[row] if row < len(self.page_map) else 0
+        section = self.section_map[row] if row < len(self.section_map) else ""
+        return Location(page or None, section or None, self.label_map[row])
+
+    def locator(self) -> str:
+        """The chunk's place as shown beside it: "pp. 3–4", else its first line's label."""
+        first, last = self.page, self.last_page
+        if first and self.label_map and self.label_map[0].startswith("p. "):
+            return f"p. {first}" if first == last else f"pp. {first}–{last}"
+        return self.label_map[0] if self.label_map else ""
 
     def line_at(self, offset: int) -> int:
         """File line number of the character at `offset` in `text`."""
@@ -117,7 +177,15 @@ class Chunk:
             url=str(meta.get("url") or "") or None,
             title=str(meta.get("title", "")),
             line_map=tuple(int(n) for n in str(meta.get("line_map") or "").split(",") if n),
+            ocr=bool(meta.get("ocr", False)),
+            page_map=tuple(int(n) for n in str(meta.get("page_map") or "").split(",") if n),
+            section_map=_split_map(meta.get("section_map")),
+            label_map=_split_map(meta.get("label_map")),
         )
+
+
+def _split_map(value: object) -> tuple[str, ...]:
+    return tuple(str(value).split(MAP_SEPARATOR)) if value else ()
 
 
 @dataclass
@@ -153,6 +221,10 @@ class Citation:
     lines: tuple[int, int]  # first and last line of the quote in the file
     quote: str  # verbatim text of the file that supports the claim
     url: str | None = None
+    ocr: bool = False  # the quote was read by OCR: what the scan says, perhaps misread
+    page: int | None = None  # the page (PDF) or slide of the quote
+    section: str | None = None  # heading path, sheet, chapter or e-mail subject
+    locator: str = ""  # where a reader finds the quote: "p. 3", "Sheet1 row 14", "line 12"
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -162,6 +234,10 @@ class Citation:
             "lines": list(self.lines),
             "quote": self.quote,
             "url": self.url,
+            "ocr": self.ocr,
+            "page": self.page,
+            "section": self.section,
+            "locator": self.locator,
         }
 
 

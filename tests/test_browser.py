@@ -18,6 +18,7 @@ import sys
 import time
 import urllib.request
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,8 @@ import pytest
 
 from rag.config import Settings
 from rag.indexer import index_folder
+
+from .test_formats import make_pdf
 
 ROOT = Path(__file__).resolve().parent.parent
 ARTIFACTS = Path(__file__).resolve().parent / "artifacts"
@@ -41,6 +44,12 @@ CHROMIUM_ARGS = [
 QUESTION = "How many innovative startups are there in Dong Nai?"
 SEED_FILE = "002_d6db562a30fbc1a0.txt"
 LLM = os.environ.get("BROWSER_TEST_LLM", "none")
+PDF_PAGES = [
+    "Harbour report 2025. This report describes the harbour of Vardo and its services.",
+    "The breakwater of Vardo was rebuilt in 1987 by the coastal agency.\n"
+    "Its length is now 410 metres.",
+    "The ferry Nordlys carries 240 passengers between Vardo and Kiberg.",
+]
 START_TIMEOUT_S = 240  # server start plus model warm-up on a busy 2-core machine
 ANSWER_TIMEOUT_S = 480 if LLM == "local" else 120
 
@@ -104,16 +113,36 @@ def corpus(tmp_path: Path, embedder: Any) -> dict[str, str]:
 
 @pytest.fixture
 def server(corpus: dict[str, str]) -> Iterator[dict[str, Any]]:
+    with _streamlit(corpus, "streamlit.log") as running:
+        yield running
+
+
+@pytest.fixture
+def pdf_server(tmp_path: Path, embedder: Any) -> Iterator[dict[str, Any]]:
+    """The page over a documents folder holding one 3-page PDF, with the "none" backend."""
+    docs, store = tmp_path / "docs", tmp_path / "store"
+    docs.mkdir()
+    make_pdf(docs / "harbour.pdf", PDF_PAGES)
+    settings = Settings.from_env(docs_dir=docs, store_dir=store, chroma_url="")
+    index_folder(settings, progress=False, embedder_factory=lambda: embedder)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAG_")}
+    env.update(RAG_DOCS=str(docs), RAG_STORE=str(store), RAG_LLM="none")
+    with _streamlit(env, "streamlit-pdf.log") as running:
+        yield running
+
+
+@contextmanager
+def _streamlit(env: dict[str, str], log_name: str) -> Iterator[dict[str, Any]]:
     """`streamlit run app.py` on a free port; yields its URL and when it was started."""
     ARTIFACTS.mkdir(exist_ok=True)
     port = _free_port()
-    log = open(ARTIFACTS / "streamlit.log", "w")  # noqa: SIM115 (closed below)
+    log = open(ARTIFACTS / log_name, "w")  # noqa: SIM115 (closed below)
     started = time.perf_counter()
     process = subprocess.Popen(
         [sys.executable, "-m", "streamlit", "run", "app.py", "--server.port", str(port)]
         + ["--server.address", "127.0.0.1", "--server.headless", "true"],
         cwd=ROOT,
-        env=corpus,
+        env=env,
         stdout=log,
         stderr=subprocess.STDOUT,
     )
@@ -194,3 +223,36 @@ def test_chat_in_a_real_browser(server: dict[str, Any]) -> None:
 
 def _seconds(times: dict[str, Any], key: str) -> float | None:
     return round((times[key] - times["start"]) / 1000, 2) if key in times else None
+
+
+def test_pdf_citation_shows_its_page(pdf_server: dict[str, Any]) -> None:
+    """A PDF citation's "Show page 2" draws that page, quote marked, beside the card."""
+    from playwright.sync_api import expect, sync_playwright
+
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 1000})
+            page.goto(pdf_server["url"])
+            chat_input = page.get_by_test_id("stChatInputTextArea")
+            chat_input.wait_for(state="visible", timeout=START_TIMEOUT_S * 1000)
+            chat_input.fill("When was the breakwater of Vardo rebuilt?")
+            chat_input.press("Enter")
+            card = page.locator(".rag-source", has_text="harbour.pdf")
+            card.first.wait_for(timeout=ANSWER_TIMEOUT_S * 1000)
+            assert "p. 2" in card.first.inner_text()
+
+            page.get_by_text("Show page 2").first.click()
+            image = page.locator('[data-testid="stImage"] img').first
+            image.wait_for(timeout=60_000)
+            expect(image).to_be_visible()
+            assert image.evaluate("img => img.complete && img.naturalWidth") > 500
+            expect(page.get_by_text("page 2 of 3 · the quote is marked")).to_be_visible()
+            expect(page.get_by_role("button", name="Download harbour.pdf")).to_be_visible()
+            # the page sits beside its card (two columns), not below it
+            card_box, image_box = card.first.bounding_box(), image.bounding_box()
+            assert card_box and image_box and image_box["x"] > card_box["x"] + 100
+            page.wait_for_timeout(300)
+            page.screenshot(path=str(ARTIFACTS / "chat-pdf-page.png"))
+        finally:
+            browser.close()
