@@ -11,6 +11,7 @@ from __future__ import annotations
 import sys
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -23,6 +24,7 @@ from rag.config import Settings
 from rag.files import FileLock, file_sha256
 from rag.ingest import IngestError, read_document, scan_folder
 from rag.models import embedder_identity, load_embedder
+from rag.ocr import OcrOptions
 from rag.records import Chunk, Document, Skipped, UserError
 from rag.store import INDEX_LOCK_NAME, Store, StoreError, remove_store
 
@@ -90,6 +92,9 @@ class Indexer:
         self._embedder: PassageEmbedder | None = None
         self.progress = progress
         self.report = IndexReport()
+        # The group being embedded while this thread reads the next files (_queue_group).
+        self._pool: ThreadPoolExecutor | None = None
+        self._ahead: tuple[list[tuple[Document, list[Chunk]]], Future[np.ndarray]] | None = None
 
     @property
     def embedder(self) -> PassageEmbedder:
@@ -112,7 +117,11 @@ class Indexer:
         gone = [p for p in known if p not in on_disk and p not in skipped_paths]
         self._remove(gone)
         changed = self._changed(on_disk, known)
-        self._write(changed, known)
+        try:
+            self._write(changed, known)
+        finally:
+            if self._pool is not None:  # after a failure: drop the group not yet embedded
+                self._pool.shutdown(wait=False, cancel_futures=True)
         self.report.files = len(self.store.manifest.files())
         self.report.chunks = self.store.manifest.chunk_count()
         self.report.seconds = time.perf_counter() - started
@@ -165,7 +174,7 @@ class Indexer:
         group: list[tuple[Document, list[Chunk]]] = []
         for rel, path in changed:
             try:
-                doc = read_document(path, self.settings.docs_dir, self.settings.max_file_bytes)
+                doc = self._read(path, rel, bar)
             except IngestError as exc:
                 kept = " (previous version kept)" if rel in known else ""
                 self.report.skipped.append(Skipped(rel, f"{exc}{kept}"))
@@ -178,23 +187,58 @@ class Indexer:
                 continue
             group.append((doc, chunks))
             if sum(len(c) for _, c in group) >= GROUP_CHUNKS:
-                self._write_group(group, known)
-                bar.update(len(group))
+                self._queue_group(group, known, bar)
                 group = []
         if group:
-            self._write_group(group, known)
-            bar.update(len(group))
+            self._queue_group(group, known, bar)
+        self._write_ahead(known, bar)
         bar.close()
 
-    def _write_group(
-        self, group: list[tuple[Document, list[Chunk]]], known: dict[str, Any]
+    def _queue_group(
+        self, group: list[tuple[Document, list[Chunk]]], known: dict[str, Any], bar: Any
     ) -> None:
+        """Start embedding `group`, then write the group before it: the embedder (a
+        server, or onnxruntime outside the GIL) works on one group while this thread
+        writes the last one and reads and chunks the next files."""
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(1, thread_name_prefix="embed")
+        texts = [c.text for _, chunks in group for c in chunks]
+        future = self._pool.submit(lambda: self.embedder.embed_passages(texts))
+        self._write_ahead(known, bar)
+        self._ahead = (group, future)
+
+    def _write_ahead(self, known: dict[str, Any], bar: Any) -> None:
+        if self._ahead is None:
+            return
+        group, future = self._ahead
+        self._ahead = None
+        self._write_group(group, future.result(), known)
+        bar.update(len(group))
+
+    def _read(self, path: Path, rel: str, bar: Any) -> Document:
+        def report(message: str) -> None:  # OCR takes seconds a page: say where it is
+            bar.set_postfix_str(f"{rel}: {message}")
+
+        ocr = OcrOptions(self.settings.ocr_languages, report)
+        try:
+            return read_document(path, self.settings.docs_dir, self.settings.max_file_bytes, ocr)
+        finally:
+            bar.set_postfix_str("")
+
+    def _write_group(
+        self,
+        group: list[tuple[Document, list[Chunk]]],
+        vectors: np.ndarray,
+        known: dict[str, Any],
+    ) -> None:
+        # `vectors` are made before anything is marked: an embedder that fails (a server
+        # down) leaves these files as they were, where a pending mark would make the
+        # next run drop their previous version.
         manifest = self.store.manifest
+        chunks = [c for _, doc_chunks in group for c in doc_chunks]
         manifest.mark_pending(
             [(doc.path, doc.content_hash, [c.chunk_id for c in chunks]) for doc, chunks in group]
         )
-        chunks = [c for _, doc_chunks in group for c in doc_chunks]
-        vectors = self.embedder.embed_passages([c.text for c in chunks])
         new_ids = {c.chunk_id for c in chunks}
         stale = {i for doc, _ in group if doc.path in known for i in known[doc.path].chunk_ids}
         # New version first, then the old one out: a query from another process in
@@ -216,6 +260,9 @@ class Indexer:
 
 class _NoBar:
     def update(self, n: int) -> None:
+        pass
+
+    def set_postfix_str(self, text: str) -> None:
         pass
 
     def close(self) -> None:

