@@ -38,6 +38,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from rag.languages import stemmer_names
 from rag.names import capitalized_name, starts_sentence
 from rag.records import Chunk
 from rag.tuning import MAX_DF_FRACTION, MIN_DF_CHUNKS
@@ -45,17 +46,9 @@ from rag.tuning import MAX_DF_FRACTION, MIN_DF_CHUNKS
 if TYPE_CHECKING:
     import bm25s
 
-# ISO 639-1 code -> Snowball algorithm in PyStemmer. Ukrainian and Vietnamese have none.
-STEMMER_NAMES: dict[str, str] = {
-    "en": "english",
-    "de": "german",
-    "ru": "russian",
-    "no": "norwegian",
-    "da": "danish",
-    "sv": "swedish",
-    "fr": "french",
-    "es": "spanish",
-}
+# ISO 639-1 code -> Snowball algorithm in PyStemmer, from the language registry.
+# Ukrainian and Vietnamese have none.
+STEMMER_NAMES: dict[str, str] = stemmer_names()
 CYRILLIC_STEMMERS = frozenset({"russian"})
 # Stemming languages when the question's language cannot be detected.
 FALLBACK_QUERY_LANGUAGES = ("en", "de", "ru", "no")

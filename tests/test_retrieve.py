@@ -177,7 +177,8 @@ def test_neutral_share_tells_lookups_from_questions() -> None:
     assert neutral_share("24 000") == 1.0
     assert neutral_share("What is L2Pro?") == pytest.approx(1 / 3)
     assert neutral_share("?") == 0.0
-    assert keyword_weight("SAP") == 2 * keyword_weight("What does SAP do?")
+    assert keyword_weight("SAP") == 2.0  # a lookup: above the dense ranking's 1.0
+    assert keyword_weight("What does SAP do?") == 0.5
 
 
 def test_query_terms_are_deterministic_and_deduplicated() -> None:
@@ -449,6 +450,10 @@ class FakeStore:
     manifest: FakeManifest = field(default_factory=FakeManifest)
     settings: Settings = field(default_factory=Settings)
     loads: int = 0
+
+    def check_dimension(self, dim: int) -> None:
+        sizes = {len(v) for v in self.vectors.values()}
+        assert sizes <= {dim}, f"a {dim}-dimensional query against {sizes}"
 
     def all_chunks_and_embeddings(self) -> tuple[list[Chunk], np.ndarray]:
         vectors = [self.vectors[c.chunk_id] for c in self.chunks]
@@ -727,3 +732,33 @@ def test_dense_ranking_removes_the_same_language_bias(monkeypatch: pytest.Monkey
     balanced = language_balanced_query(store, question, 4)  # type: ignore[arg-type]
     assert balanced[0][0].chunk_id == "c2"
     assert balanced[0][1] == pytest.approx(float(vectors["c2"] @ question))  # plain cosine
+
+
+def test_document_biases_leave_each_documents_own_topic_out() -> None:
+    from rag.retrieve import DenseIndex, document_biases
+    from rag.tuning import MIN_BIAS_DOCUMENTS
+
+    rng = np.random.default_rng(0)
+    docs = MIN_BIAS_DOCUMENTS  # enough German documents; one Russian document
+    chunks = [
+        Chunk(f"d{d}-{i}", f"de{d}.txt", i, "t", 0, 1, 1, 1, "de", "h")
+        for d in range(docs)
+        for i in range(3)
+    ] + [Chunk(f"r{i}", "ru.txt", i, "t", 0, 1, 1, 1, "ru", "h") for i in range(3)]
+    vectors = rng.normal(size=(len(chunks), 4)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    index = DenseIndex.build(chunks, vectors)
+    german = [i for i, c in enumerate(chunks) if c.language == "de"]
+    for d in range(docs):
+        own = [i for i in german if chunks[i].path == f"de{d}.txt"]
+        others = [i for i in german if i not in own]
+        rows = {int(index.language_of[i]) for i in own}
+        assert len(rows) == 1  # one bias per document
+        assert np.allclose(index.biases[rows.pop()], vectors[others].mean(axis=0), atol=1e-6)
+    # a language with fewer documents keeps its language bias
+    russian = {int(index.language_of[i]) for i, c in enumerate(chunks) if c.language == "ru"}
+    assert len(russian) == 1
+    language_of = np.array([0 if c.language == "de" else 1 for c in chunks])
+    biases = np.zeros((2, 4), dtype=np.float32)
+    rows, _ = document_biases(chunks[-3:], vectors[-3:], language_of[-3:] * 0, biases[:1])
+    assert rows.shape == (1, 4)  # one document: nothing left out
