@@ -15,11 +15,12 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import streamlit as st
 
-from rag import feedback, ui
+from rag import feedback, pdf_pages, ui
 from rag.config import SUPPORTED_EXTENSIONS, ConfigError, Settings
 from rag.engine import Delta, Engine, Finished, Retrieved
 from rag.llm import BACKENDS
@@ -125,7 +126,7 @@ def sidebar(engine: Engine) -> Options:
             index=ui.LANGUAGES.index(settings.answer_language)
             if settings.answer_language in ui.LANGUAGES
             else 0,
-            format_func=lambda code: "auto (the question's)" if code == "auto" else code,
+            format_func=ui.language_label,
             key="language",
         )
         st.subheader("Documents")
@@ -209,7 +210,7 @@ def show_notice() -> None:
 # ------------------------------------------------------------------------------ chat
 
 
-def show_history() -> None:
+def show_history(docs: Path) -> None:
     for message in st.session_state.messages:
         with st.chat_message(message["role"]):
             if message["role"] == "user":
@@ -218,7 +219,7 @@ def show_history() -> None:
                 answer = message["answer"]
                 show_evidence(answer.retrieved, answer.refused)
                 show_answer(st.empty(), answer, message["id"])
-                show_extras(message)
+                show_extras(message, docs)
             else:
                 st.error(message["error"], icon=":material/error:")
 
@@ -243,7 +244,7 @@ def ask(engine: Engine, question: str, options: Options) -> None:
             message["error"] = ui.user_message(exc, "answering")
             st.error(message["error"], icon=":material/error:")
         else:
-            show_extras(message)
+            show_extras(message, engine.settings.docs_dir)
     st.session_state.messages.append(message)
 
 
@@ -296,15 +297,69 @@ def show_answer(slot: Any, answer: Answer, msg_id: str) -> None:
     slot.markdown(ui.answer_markdown(answer.answer, msg_id, numbers))
 
 
-def show_extras(message: dict[str, Any]) -> None:
+def show_extras(message: dict[str, Any], docs: Path) -> None:
     answer: Answer = message["answer"]
-    sources = ui.sources(answer)
-    if sources:
-        st.html("".join(ui.source_html(s, message["id"]) for s in sources))
+    show_sources(ui.sources(answer), message["id"], docs)
     st.caption(ui.timings_caption(answer))
     thumbs = st.feedback("thumbs", key=f"thumbs-{message['id']}")
     with st.expander("Save as regression case", icon=":material/playlist_add:"):
         save_case_form(message, thumbs)
+
+
+def show_sources(sources: list[ui.Source], msg_id: str, docs: Path) -> None:
+    """The source cards; a cited PDF page gets a toggle that shows the page, with the
+    quote marked, next to its card."""
+    plain: list[str] = []  # cards without a page, drawn together
+    for source in sources:
+        card = ui.source_html(source, msg_id)
+        if not source.pdf_page:
+            plain.append(card)
+            continue
+        if plain:
+            st.html("".join(plain))
+            plain = []
+        key = f"page-{msg_id}-{source.n}"
+        if not st.session_state.get(key):
+            st.html(card)
+            st.toggle(ui.page_label(source), key=key)
+            continue
+        left, right = st.columns([2, 3], gap="small")  # the page a little wider
+        with left:
+            st.html(card)
+            st.toggle(ui.page_label(source), key=key)
+        with right:
+            show_pdf_page(source, msg_id, docs)
+    if plain:
+        st.html("".join(plain))
+
+
+@st.cache_data(max_entries=24, show_spinner=False)
+def page_image(path: str, mtime_ns: int, page: int, quotes: tuple[str, ...]) -> pdf_pages.PageImage:
+    """A rendered page, cached per (file, its mtime, page, quotes): an edited file is
+    drawn again, and at most 24 pages (a few MB) are kept."""
+    del mtime_ns  # only part of the cache key
+    return pdf_pages.render_pdf_page(Path(path), page, quotes)
+
+
+def show_pdf_page(source: ui.Source, msg_id: str, docs: Path) -> None:
+    """The cited page as an image, its quote marked, and the PDF to download; a file
+    outside the documents folder, gone, or without that page gets one line instead."""
+    with guard("showing the PDF page"):
+        path = pdf_pages.resolve_pdf(docs, source.path)
+        with st.spinner(f"Drawing page {source.pdf_page} ..."):
+            image = page_image(
+                str(path), path.stat().st_mtime_ns, source.pdf_page or 0, tuple(source.quotes)
+            )
+        st.image(image.png, caption=ui.page_caption(source, image.pages, image.marked))
+        st.download_button(
+            f"Download {source.file}",
+            data=path.read_bytes(),
+            file_name=path.name,
+            mime="application/pdf",
+            key=f"pdf-{msg_id}-{source.n}",
+            on_click="ignore",
+            icon=":material/download:",
+        )
 
 
 def save_case_form(message: dict[str, Any], thumbs: int | None) -> None:
@@ -352,7 +407,7 @@ def main() -> None:
     st.title("Ask your documents")
     st.caption("Answers quote your files; click a [n] to see its source.")
     warm_up(engine, options.backend)
-    show_history()
+    show_history(engine.settings.docs_dir)
     question = st.chat_input("Ask a question about your documents")
     if question and question.strip():
         ask(engine, question.strip(), options)

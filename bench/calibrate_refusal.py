@@ -21,8 +21,9 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from rag.config import Settings
-from rag.engine import Engine, follow_up_query, previous_question
+from rag.engine import Engine
 from rag.evaluate import load_golden
+from rag.stages import Turn
 
 
 @contextmanager
@@ -41,8 +42,9 @@ def scratch_engine(docs: Path) -> Iterator[Engine]:
 def best_cosines(engine: Engine, golden: Path) -> list[dict[str, object]]:
     rows = []
     for case in load_golden(golden):
-        previous = previous_question(list(case.history), engine.settings.history_turns)
-        hits = engine.search(follow_up_query(case.question, previous))
+        turn = Turn(case.question, list(case.history), "none", None)
+        turn.plan = engine.stages.plan(engine, turn)
+        hits = engine.stages.retrieve(engine, turn)
         best = max((h.dense_score or 0.0 for h in hits), default=0.0)
         rows.append({"id": case.id, "answerable": case.answerable, "best_cosine": round(best, 4)})
     return rows

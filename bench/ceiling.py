@@ -18,15 +18,17 @@ import argparse
 import json
 import statistics
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, ClassVar
 
 from calibrate_refusal import scratch_engine  # a sibling script: bench/ is on sys.path
 
-from rag.answer import Evidence, Sentence
+from rag.answer import Evidence, Sentence, Source
 from rag.config import Settings
-from rag.engine import Engine, follow_up_query, previous_question
+from rag.engine import Engine
 from rag.evaluate import GoldenCase, document_reader, evaluate_case, load_golden, missing_facts
+from rag.stages import Turn
 
 
 class OracleEvidence(Evidence):
@@ -46,19 +48,27 @@ def holds_fact(text: str, case: GoldenCase | None) -> bool:
     )
 
 
+def oracle_evidence(engine: Engine, turn: Turn) -> list[Source]:
+    """The evidence stage with the oracle ranking (swapped into engine.stages)."""
+    assert turn.vector is not None
+    evidence = OracleEvidence(turn.hits, turn.vector, engine.embedder)
+    return evidence.select(int(engine.settings.context_tokens))
+
+
 def fact_in_prompt(engine: Engine, case: GoldenCase, evidence_class: type[Evidence]) -> bool:
     """Whether this selection puts the case's fact among the prompt's sentences."""
-    previous = previous_question(list(case.history), engine.settings.history_turns)
-    query = follow_up_query(case.question, previous)
-    vector = engine.embedder.embed_query(query)
-    evidence = evidence_class(engine.search(query, query_vector=vector), vector, engine.embedder)
+    turn = Turn(case.question, list(case.history), "none", None)
+    turn.plan = engine.stages.plan(engine, turn)
+    hits = engine.stages.retrieve(engine, turn)
+    assert turn.vector is not None
+    evidence = evidence_class(hits, turn.vector, engine.embedder)
     sources = evidence.select(int(engine.settings.context_tokens))
     return holds_fact(" ".join(s.prompt_text() for s in sources), case)
 
 
 def measure(engine: Engine, cases: list[GoldenCase], llm: str) -> dict[str, Any]:
     lookup = document_reader(engine.settings.docs_dir, engine.settings.max_file_bytes)
-    engine.evidence_class = OracleEvidence
+    engine.stages = replace(engine.stages, evidence=oracle_evidence)
     engine.prime(llm)
     rows = []
     for case in cases:

@@ -3,15 +3,14 @@
 The retrieved chunks are cut into sentences and each sentence is scored against the
 question with the embedder. The best sentences, within a token budget, become the
 numbered sources of the prompt (prompt length is what costs time on a CPU). Without an
-LLM the best sentences are the answer, quoted. With one, the reply's markers are
-cleaned (see rag.citations) and each cited number is resolved to the sentence of that
-source closest to the claim, so the quote is verbatim text of the file.
+LLM the best sentences are the answer, quoted. With one, each claim of the reply is
+checked against the sentence it cites (rag.grounding), so the quote is verbatim text of
+the file that states the claim.
 """
 
 from __future__ import annotations
 
 import json
-import re
 import threading
 from collections import OrderedDict
 from collections.abc import Iterator
@@ -23,39 +22,18 @@ from typing import Protocol
 import numpy as np
 
 from rag.chunking import count_tokens, split_sentences
-from rag.citations import Claim, claims, clean_markers
 from rag.config import PROMPTS_DIR
-from rag.language import LANGUAGE_NAMES
+from rag.languages import language_name
 from rag.llm import Message
-from rag.records import Citation, Hit
-from rag.tuning import ATTACH_MIN_SIMILARITY, MIN_SENTENCE_CHARS, RANK_PENALTY
+from rag.records import Citation, Hit, Location
 
 # Re-exported: the engine picks the extractive answer's size from here.
 from rag.tuning import EXTRACTIVE_MARGIN as EXTRACTIVE_MARGIN
 from rag.tuning import EXTRACTIVE_SENTENCES as EXTRACTIVE_SENTENCES
+from rag.tuning import MIN_SENTENCE_CHARS, RANK_PENALTY
 
-# Phrases with which a model says the sources hold no answer (besides NOT_FOUND).
-REFUSAL_MARKERS = (
-    "not_found",
-    "not found in the sources",
-    "sources do not",
-    "sources don't",
-    "no information",
-    "could not find",
-    "cannot find",
-    "не содерж",
-    "нет информации",
-    "нет ответа",
-    "keine informationen",
-    "nicht enthalten",
-    "nichts gefunden",
-    "inneholder ikke",
-    "ingen informasjon",
-    "fant ikke",
-    "không có thông tin",
-    "không tìm thấy",
-    "không đề cập",
-)
+# The reply with which the prompt tells the model to say the sources hold no answer.
+NOT_FOUND = "NOT_FOUND"
 
 
 class Embeds(Protocol):
@@ -90,6 +68,8 @@ class Source:
     def citation(self, sentence: Sentence) -> Citation:
         chunk = self.hit.chunk
         line = chunk.line_at(sentence.start)  # a sentence never spans a line break
+        # the quote's own line, not the chunk's start: a chunk may span two pages
+        where = chunk.location_at(sentence.start) or Location()
         return Citation(
             n=self.n,
             file=Path(chunk.path).name,
@@ -97,6 +77,11 @@ class Source:
             lines=(line, line),
             quote=sentence.text,
             url=chunk.url,
+            ocr=chunk.ocr,
+            page=where.page,
+            section=where.section,
+            # OCR may misread words: the reader is told the quote comes from a scan
+            locator=(where.label or f"line {line}") + (" (OCR)" if chunk.ocr else ""),
         )
 
 
@@ -169,10 +154,7 @@ class Evidence:
         ranking break near-ties. Ties then go by retrieval rank and position, so the
         order is deterministic.
         """
-        return sorted(
-            self.sentences,
-            key=lambda s: (-(s.score - RANK_PENALTY * s.hit_index), s.hit_index, s.start),
-        )
+        return sorted(self.sentences, key=rank_key)
 
     def select(self, token_budget: int) -> list[Source]:
         """The best sentences within the budget, grouped into numbered sources."""
@@ -203,6 +185,14 @@ class Evidence:
         ]
 
 
+def rank_key(sentence: Sentence) -> tuple[float, int, int]:
+    return (
+        -(sentence.score - RANK_PENALTY * sentence.hit_index),
+        sentence.hit_index,
+        sentence.start,
+    )
+
+
 @cache
 def prompt_file(name: str) -> str:
     return (PROMPTS_DIR / name).read_text(encoding="utf-8")
@@ -219,8 +209,9 @@ def refusal_message(language: str) -> str:
 
 
 def is_refusal(text: str) -> bool:
-    lowered = text.strip().lower()
-    return not lowered or any(marker in lowered for marker in REFUSAL_MARKERS)
+    """An empty reply or the NOT_FOUND marker; a reply that says the sources lack the
+    fact in words is found sentence by sentence by `ground` (rag.support)."""
+    return not text.strip() or NOT_FOUND.lower() in text.lower()
 
 
 def build_messages(
@@ -238,7 +229,7 @@ def build_messages(
         sources=listing,
         history=history,
         question=question,
-        language=LANGUAGE_NAMES.get(language, "English"),
+        language=language_name(language),
     )
     return [*fixed_messages(), Message("user", user.strip())]
 
@@ -269,85 +260,6 @@ def extractive(sources: list[Source], language: str) -> tuple[str, list[Citation
     return "\n".join(lines), citations
 
 
-@dataclass
-class Grounded:
-    text: str
-    citations: list[Citation]
-    # every claim of the reply states a figure found in no source or the question:
-    # the model made the answer up, which is shown as a refusal
-    invented: bool = False
-    kept: int = 0  # claims shown, each tied to a source sentence
-    dropped: int = 0  # claims removed for a figure that no source states
-
-    def support(self) -> dict[str, int]:
-        return {"supported": self.kept, "recited": 0, "dropped": self.dropped}
-
-
-# Thousands grouped by a space ("41 200", "24\u00a0000"), then digit runs with decimal or
-# group marks ("1,6", "1.600", "3-3,5" -> "3", "3,5").
-_SPACE_GROUP = re.compile(r"(?<=\d)[ \u00a0\u202f](?=\d{3}(?!\d))")
-_FIGURE = re.compile(r"\d+(?:[.,]\d+)*")
-
-
-def figures(text: str) -> set[str]:
-    """The numbers in a text, as their digits without trailing zeros, so that the
-    same figure written another way matches: "41 200" = "41.200" = "41,200",
-    "1,6 milliarder" = "1.6 billion" = "1,600 million", "80 %" = "80%"."""
-    text = _SPACE_GROUP.sub("", text)
-    return {re.sub(r"\D", "", m.group()).rstrip("0") or "0" for m in _FIGURE.finditer(text)}
-
-
-def ground(
-    reply: str, sources: list[Source], embedder: Embeds, question: str = ""
-) -> Grounded | None:
-    """Clean the reply's markers and resolve each cited number to its best quote.
-
-    A claim stating a figure that is in no source (nor in the question) is dropped: a
-    small model fills gaps with numbers from nowhere, and a citation would make them
-    look grounded. Uncited claims are attached to the closest source sentence when it
-    is similar enough. None when nothing in the reply can be tied to a source.
-    """
-    by_number = {s.n: s for s in sources}
-    text = clean_markers(reply, set(by_number))
-    parts = [c for c in claims(text) if c.text]
-    if not parts:
-        return None
-    known = figures(question).union(*(figures(s.prompt_text()) for s in sources))
-    supported = [c for c in parts if figures(c.text) <= known]
-    dropped = len(parts) - len(supported)
-    if not supported:
-        return Grounded("", [], invented=True, dropped=dropped)
-    if len(supported) < len(parts):
-        parts = supported
-        text = " ".join(_with_markers(c) for c in parts)
-    vectors = np.stack([embedder.embed_query(c.text) for c in parts])
-    best: dict[tuple[int, str], Citation] = {}
-    for claim, vector in zip(parts, vectors, strict=True):
-        for n in claim.numbers or _attach(vector, sources):
-            sentence = max(by_number[n].sentences, key=lambda s: s.similarity(vector))
-            citation = by_number[n].citation(sentence)
-            best.setdefault((n, citation.quote), citation)
-    if not best:
-        return None
-    cited = sorted(best.values(), key=lambda c: (c.n, c.lines))
-    if not any(c.numbers for c in parts):
-        # the reply cited nothing itself: show where its content comes from
-        text = text + " " + "".join(f"[{n}]" for n in sorted({c.n for c in cited}))
-    return Grounded(text, cited, kept=len(parts), dropped=dropped)
-
-
-def _with_markers(claim: Claim) -> str:
-    return f"{claim.text} [{', '.join(map(str, claim.numbers))}]" if claim.numbers else claim.text
-
-
-def _attach(vector: np.ndarray, sources: list[Source]) -> tuple[int, ...]:
-    candidates = [(sentence.similarity(vector), s.n) for s in sources for sentence in s.sentences]
-    if not candidates:
-        return ()
-    score, n = max(candidates)
-    return (n,) if score >= ATTACH_MIN_SIMILARITY else ()
-
-
 def stream_correction(streamed: str, final: str) -> str:
     """What to append when the checked answer differs from the streamed text (markers
     cleaned, an unsupported claim dropped, a refusal): a streamed text cannot be taken
@@ -357,7 +269,7 @@ def stream_correction(streamed: str, final: str) -> str:
     return final if not streamed.strip() else f"\n\n---\n{final}"
 
 
-def stream_hold(deltas: Iterator[str], hold: str = "NOT_FOUND") -> Iterator[str]:
+def stream_hold(deltas: Iterator[str], hold: str = NOT_FOUND) -> Iterator[str]:
     """Pass text through, but hold back a start that may become a refusal marker."""
     buffer = ""
     released = False

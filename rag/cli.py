@@ -61,6 +61,39 @@ def cmd_index(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_explain(args: argparse.Namespace) -> int:
+    """What cleaning drops from one file and why: reads the file, touches no index."""
+    from rag.cleaning import clean_text, explain
+    from rag.ingest import extract_text
+
+    path: Path = args.file
+    if not path.is_file():
+        raise UserError(f"{'not a file' if path.exists() else 'file not found'}: {path}")
+    text = extract_text(path, _settings(args).max_file_bytes)
+    report = {"file": str(path), "lines": text.count("\n") + 1, **explain(clean_text(text))}
+    _print_json(report) if args.json else _print_explanation(report)
+    return 0
+
+
+_EXPLAIN_TEXT_CHARS = 160  # a dropped paragraph is shown cut to this; --json has it all
+
+
+def _print_explanation(report: dict[str, Any]) -> None:
+    kept, dropped = report["kept"], report["dropped"]
+    print(f"{report['file']}: {kept} lines kept, {dropped} dropped (blank lines aside)")
+    for run in report["runs"]:
+        first, last = run["first"], run["last"]
+        where = f"line {first}" if first == last else f"lines {first}-{last}"
+        print(f"\n{where}  {run['rule']}: {run['reason']}")
+        for line in run["lines"]:
+            text = line["text"]
+            if len(text) > _EXPLAIN_TEXT_CHARS:
+                text = text[: _EXPLAIN_TEXT_CHARS - 1] + "…"
+            print(f"  {line['line']:>5}  {text}")
+    counts = ", ".join(f"{count} {rule}" for rule, count in report["by_rule"].items())
+    print(f"\ndropped {report['dropped']} lines: {counts}" if counts else "nothing dropped")
+
+
 def _server(args: argparse.Namespace) -> Any:
     """A running `rag serve` for this store, or None (then the command works in-process)."""
     from rag.client import find_server
@@ -91,7 +124,12 @@ def _print_sources(answer: dict[str, Any]) -> None:
     for c in answer["citations"]:
         url = f"  {c['url']}" if c.get("url") else ""
         first, last = c["lines"]
-        print(f"  [{c['n']}] {c['path']}:{first}-{last}{url}\n      «{c['quote']}»")
+        # where a reader finds it ("p. 3", "Sheet1 row 14"); a bare line says no more
+        locator = c.get("locator") or ""
+        where = f", {locator}" if locator and not locator.startswith("line ") else ""
+        # the quote may hold misread words (a shown locator says so already: "p. 2 (OCR)")
+        ocr = " (OCR)" if c.get("ocr") and "(OCR)" not in where else ""
+        print(f"  [{c['n']}] {c['path']}:{first}-{last}{where}{ocr}{url}\n      «{c['quote']}»")
 
 
 class _Answerer:
@@ -273,6 +311,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--docs", type=Path, help="documents folder (RAG_DOCS, default seeds/)")
     store_arg(p)
     p.add_argument("--rebuild", action="store_true", help="drop the index and re-embed all")
+    p = command("explain", cmd_explain, "Show what cleaning drops from a file, and why.")
+    p.add_argument("file", type=Path, help="a document, e.g. seeds/001_4db01bd0444e8e23.txt")
     p = command("search", cmd_search, "Show the passages that best match a query.")
     p.add_argument("query")
     store_arg(p)

@@ -10,27 +10,14 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
-from rag.answer import (
-    EXTRACTIVE_MARGIN,
-    EXTRACTIVE_SENTENCES,
-    Evidence,
-    Source,
-    build_messages,
-    extractive,
-    fixed_messages,
-    ground,
-    is_refusal,
-    refusal_message,
-    stream_hold,
-)
+from rag.answer import EXTRACTIVE_MARGIN, EXTRACTIVE_SENTENCES, Evidence, Source, fixed_messages
 from rag.config import Settings
-from rag.language import LANGUAGE_NAMES, detect_language
-from rag.llm import BACKENDS, ChatBackend, LLMError, Message, context_budget, make_backend
+from rag.llm import BACKENDS, ChatBackend, LLMError, Message, make_backend
 from rag.models import Embedder, embedder_identity, load_embedder, model_status
 from rag.records import Answer, Delta, Event, Finished, Hit, Retrieved, UserError
 from rag.retrieve import HybridRetriever, keyword_index_for
+from rag.stages import Stages, Turn
 from rag.store import Store
-from rag.tuning import FOLLOW_UP_MAX_WORDS
 
 if TYPE_CHECKING:  # the indexer (and the readers it imports) only when indexing
     from rag.indexer import IndexReport
@@ -67,7 +54,7 @@ class DirectPipeline:
         return self.hits
 
     def score(self) -> None:
-        self.evidence = self.engine.evidence_class(self.hits, self.vector, self.engine.embedder)
+        self.evidence = Evidence(self.hits, self.vector, self.engine.embedder)
 
     def select(self, token_budget: int) -> list[Source]:
         assert self.evidence is not None, "score() first"
@@ -81,10 +68,6 @@ class DirectPipeline:
 class Engine:
     """Loads models lazily, once, and keeps the store open between questions."""
 
-    # How the sentences of the retrieved chunks are scored and picked for the answer
-    # (bench/ceiling.py swaps in an oracle to measure the LLM alone).
-    evidence_class: type[Evidence] = Evidence
-
     def __init__(self, settings: Settings | None = None) -> None:
         self.settings = settings or Settings.from_env()
         self._lock = threading.RLock()
@@ -92,6 +75,8 @@ class Engine:
         self._store: Store | None = None
         self._retired: list[tuple[float, Store]] = []
         self._backends: dict[str, ChatBackend | None] = {}
+        # The answer path (rag.stages); benchmarks and tests swap single stages.
+        self.stages = Stages()
 
     @property
     def embedder(self) -> Embedder:
@@ -189,72 +174,36 @@ class Engine:
         k: int | None = None,
         language: str | None = None,
     ) -> Iterator[Event]:
-        """Retrieved first (evidence), then Delta texts as they come, then Finished."""
-        started = time.perf_counter()
+        """Retrieved first (evidence), then Delta texts as they come, then Finished.
+
+        The stages of rag.stages, in order, on one Turn record (see `stages`)."""
         question = question.strip()
         if not question:
             raise UserError("the question is empty")
         name = llm or self.settings.llm
-        backend = self.backend(name)
-        previous = previous_question(history or [], self.settings.history_turns)
-        lang = self._language(question, previous, language)
-        search_query = follow_up_query(question, previous)
-        query_vector = self.embedder.embed_query(search_query)
-        pipeline = self.pipeline(backend, search_query, query_vector)
-        hits = pipeline.retrieve(k)
-        timings = {"retrieve_ms": _ms(started)}
-        confidence = max((h.dense_score or 0.0 for h in hits), default=0.0)
-        gate = not hits or confidence < self.settings.refusal_threshold
-        yield Retrieved(hits, lang, search_query, gate)
+        turn = Turn(question, history or [], name, self.backend(name), k, language)
+        stages = self.stages
+        turn.plan = stages.plan(self, turn)
+        turn.hits = stages.retrieve(self, turn)
+        turn.timings["retrieve_ms"] = turn.elapsed_ms()
+        turn.refuse = stages.gate(self, turn)
+        yield Retrieved(turn.hits, turn.plan.language, turn.plan.standalone, turn.refuse)
+        if not turn.refuse:
+            turn.sources = stages.evidence(self, turn)
+            for delta in stages.generate(self, turn):
+                turn.timings.setdefault("first_token_ms", turn.elapsed_ms())
+                turn.reply += delta
+                yield Delta(delta)
+        answer = stages.check(self, turn)
+        if not turn.reply:  # a refusal, or nothing streamed: the answer is the text
+            yield Delta(answer.answer)
+        yield Finished(answer)
 
-        def finish(
-            text: str, refused: bool, citations: list[Any], support: dict[str, int] | None = None
-        ) -> Finished:
-            timings.setdefault("first_token_ms", _ms(started))
-            timings["total_ms"] = _ms(started)
-            answer = Answer(
-                question, lang, text, refused, citations, hits, name, timings, search_query
-            )
-            answer.support = support or _quoted_support(citations)
-            return Finished(answer)
+    def refusal_threshold(self) -> float:
+        """The dense similarity below which the gate refuses (rag.stages.gate)."""
+        from rag.gate import refusal_threshold  # RAG_REFUSAL_THRESHOLD, or calibrated
 
-        if gate:
-            yield Delta(refusal_message(lang))
-            yield finish(refusal_message(lang), True, [])
-            return
-        pipeline.score()
-        if backend is None:
-            text, citations = extractive(pipeline.best(), lang)
-            timings["first_token_ms"] = _ms(started)
-            yield Delta(text)
-            yield finish(text, False, citations)
-            return
-        budget = context_budget(
-            self.settings.context_tokens,
-            backend,
-            time.perf_counter() - started,
-            self.settings.first_token_target,
-        )
-        timings["context_tokens"] = budget
-        sources = pipeline.select(budget)
-        messages = build_messages(question, sources, lang, previous)
-        reply = ""
-        for delta in stream_hold(backend.stream(messages)):
-            timings.setdefault("first_token_ms", _ms(started))
-            reply += delta
-            yield Delta(delta)
-        if is_refusal(reply):
-            yield finish(refusal_message(lang), True, [])
-            return
-        grounded = ground(reply, sources, self.embedder, f"{previous or ''}\n{question}")
-        if grounded is not None and grounded.invented:
-            yield finish(refusal_message(lang), True, [], grounded.support())
-            return
-        if grounded is None:  # nothing in the reply can be tied to a source: quote instead
-            text, citations = extractive(pipeline.best(), lang)
-            yield finish(text, False, citations)
-            return
-        yield finish(grounded.text, False, grounded.citations, grounded.support())
+        return refusal_threshold(self.store(), self.embedder, self.settings)
 
     def pipeline(self, backend: ChatBackend | None, query: str, vector: np.ndarray) -> Pipeline:
         """How an answer retrieves and picks its evidence. With an LLM, as llama-index
@@ -267,15 +216,6 @@ class Engine:
         from rag.components import NodePipeline
 
         return NodePipeline(self, query, vector)
-
-    def _language(self, question: str, previous: str | None, fixed: str | None) -> str:
-        fixed = fixed or self.settings.answer_language
-        if fixed and fixed != "auto":
-            return fixed
-        lang = detect_language(question)
-        if lang not in LANGUAGE_NAMES and previous:
-            lang = detect_language(previous)
-        return lang if lang in LANGUAGE_NAMES else "en"
 
     def status(self) -> dict[str, Any]:
         models = model_status(self.settings)
@@ -301,27 +241,6 @@ class Engine:
             "languages": sorted({r.language for r in files.values() if r.language}),
             **models,
         }
-
-
-def follow_up_query(question: str, previous: str | None) -> str:
-    """What to search for: a short follow-up ("And in Dong Nai?") together with the
-    previous question, anything else as it stands."""
-    if previous and len(question.split()) <= FOLLOW_UP_MAX_WORDS:
-        return f"{previous}\n{question}"
-    return question
-
-
-def previous_question(history: Sequence[dict[str, str]], turns: int) -> str | None:
-    """The last user question of the (bounded) history."""
-    for message in reversed(list(history)[-2 * turns :]):
-        if message.get("role") == "user" and message.get("content", "").strip():
-            return message["content"].strip()
-    return None
-
-
-def _quoted_support(citations: list[Any]) -> dict[str, int]:
-    """Support of an answer that quotes its sources: each quote supports itself."""
-    return {"supported": len(citations), "recited": 0, "dropped": 0}
 
 
 def _ms(since: float) -> float:

@@ -30,41 +30,30 @@ from functools import cache
 
 from lingua import Language, LanguageDetector, LanguageDetectorBuilder
 
+from rag.languages import CORE_LANGUAGES, LANGUAGES
 from rag.names import capitalized_name
 
 UNDETERMINED = "und"
 
-# Every language detect_language can return. "und" is deliberately absent: callers test
-# `code in LANGUAGE_NAMES` to know whether a language was found.
-LANGUAGE_NAMES: dict[str, str] = {
-    "en": "English",
-    "vi": "Vietnamese",
-    "ru": "Russian",
-    "de": "German",
-    "no": "Norwegian (Bokmål)",
-    "da": "Danish",
-    "sv": "Swedish",
-    "fr": "French",
-    "es": "Spanish",
-    "uk": "Ukrainian",
-}
+# Every language detect_language can return (rag.languages, the registry). "und" is
+# deliberately absent: callers test `code in LANGUAGE_NAMES` to know whether a language
+# was found.
+LANGUAGE_NAMES: dict[str, str] = {code: info.name for code, info in LANGUAGES.items()}
 
-# Danish and Swedish are here so that Scandinavian text is not forced into "no"; French,
-# Spanish and Ukrainian so that they are not forced into en/de/ru. A small set keeps
-# short texts reliable: every extra language is one more way to be wrong.
-_CANDIDATES = (
-    Language.ENGLISH,
-    Language.RUSSIAN,
-    Language.GERMAN,
-    Language.BOKMAL,
-    Language.NYNORSK,
-    Language.DANISH,
-    Language.SWEDISH,
-    Language.FRENCH,
-    Language.SPANISH,
-    Language.UKRAINIAN,
-)
-_CODE_OVERRIDES = {Language.BOKMAL: "no", Language.NYNORSK: "no"}
+# Candidates by script: a text in Cyrillic is Russian or Ukrainian, never German. A
+# small set keeps short texts reliable (every extra language is one more way to be
+# wrong) and fast (lingua loads the models of the candidates only).
+_BY_LINGUA = {name: code for code, info in LANGUAGES.items() for name in info.lingua}
+_SCRIPT_LANGUAGES = {
+    "cyrillic": ("ru", "uk"),
+    "kana": ("ja",),
+    "han": ("ja", "zh"),
+    "latin": tuple(code for code in LANGUAGES if code not in ("ru", "uk", "ja", "zh", "vi")),
+}
+_KANA = re.compile(r"[\u3040-\u30ff]")
+_HAN = re.compile(r"[\u4e00-\u9fff]")
+_CYRILLIC = re.compile(r"[\u0400-\u04ff]")
+_LATIN = re.compile(r"[a-zA-Z\u00c0-\u024f]")
 
 # Letters of Vietnamese vowels with tone marks / breve / horn, and đ. Some (é, ô, à...)
 # also occur in French; that only makes Vietnamese a candidate, lingua still decides.
@@ -96,6 +85,10 @@ _WORD = re.compile(r"\w+")
 
 _MIN_LETTERS = 3  # "OK", "57", "?" say nothing about a language
 _MIN_CONFIDENCE = 0.1  # 10 candidates: uniform is ~0.1, so below that lingua is guessing
+# A short text ("Og i Quang Ninh?") stays in the conversation's language (or a core
+# language) when lingua gives it at least this share of its best language's confidence.
+_SHORT_WORDS = 4
+_PLAUSIBLE_SHARE = 0.5
 _DANISH_MARGIN = 0.75  # Danish wins only if Norwegian is below 75 % of its confidence
 
 # Long documents: language is decided on three windows (start, middle, end) so that
@@ -103,24 +96,68 @@ _DANISH_MARGIN = 0.75  # Danish wins only if Norwegian is below 75 % of its conf
 _WINDOW_CHARS = 2000
 
 
-def detect_language(text: str) -> str:
-    """ISO 639-1 code of the language of `text` ("no" for Bokmål and Nynorsk), or "und"."""
+def detect_language(text: str, conversation: str | None = None) -> str:
+    """ISO 639-1 code of the language of `text` ("no" for Bokmål and Nynorsk), or "und".
+
+    `conversation` is the language of the chat so far: a short text that could be in
+    it ("Og i Quang Ninh?", "Why?") is taken to be, and one with no language is too.
+    """
     sample = _URL.sub(" ", _sample(unicodedata.normalize("NFC", text)))
     with_vietnamese = bool(_VIETNAMESE_LETTER.search(sample))
     if not with_vietnamese:
         sample = _without_names(sample)
     if sum(ch.isalpha() for ch in sample) < _MIN_LETTERS:
-        return UNDETERMINED
-    scores = _scores_by_code(_detector(with_vietnamese), sample)
+        return conversation or UNDETERMINED
+    candidates = _candidates(sample, with_vietnamese)
+    if not candidates:
+        return conversation or UNDETERMINED
+    scores = _scores_by_code(_detector(candidates), sample)
     best = _best_code(scores)
     if best in _SCANDINAVIAN_MARKERS:
-        return _scandinavian_code(sample, scores, best)
+        best = _scandinavian_code(sample, scores, best)
+    if _is_short(sample):
+        best = _short_text_code(scores, best, conversation)
+    return best if best != UNDETERMINED else conversation or UNDETERMINED
+
+
+def _candidates(sample: str, with_vietnamese: bool) -> tuple[str, ...]:
+    """The registry's languages written in the scripts of `sample`."""
+    scripts = [
+        script
+        for script, pattern in (
+            ("cyrillic", _CYRILLIC), ("kana", _KANA), ("han", _HAN), ("latin", _LATIN)
+        )
+        if pattern.search(sample)
+    ]  # fmt: skip
+    if "kana" in scripts:  # Japanese mixes kana with Han characters
+        scripts = [s for s in scripts if s != "han"]
+    codes = [code for script in scripts for code in _SCRIPT_LANGUAGES[script]]
+    if with_vietnamese:
+        codes.append("vi")
+    return tuple(dict.fromkeys(codes))
+
+
+def _short_text_code(scores: dict[str, float], best: str, conversation: str | None) -> str:
+    """A few words fit several languages ("How many?" is also Polish to lingua): the
+    conversation's language, else a core language, wins when it is plausible."""
+    core = max(CORE_LANGUAGES, key=lambda code: scores.get(code, 0.0))
+    for preferred in (conversation, core):
+        if preferred == best:
+            return best
+        if preferred and scores.get(preferred, 0.0) >= _PLAUSIBLE_SHARE * scores.get(best, 0.0):
+            return preferred
     return best
 
 
+def _is_short(sample: str) -> bool:
+    return len(_WORD.findall(sample)) <= _SHORT_WORDS
+
+
 @cache
-def _detector(with_vietnamese: bool) -> LanguageDetector:
-    languages = _CANDIDATES + ((Language.VIETNAMESE,) if with_vietnamese else ())
+def _detector(codes: tuple[str, ...]) -> LanguageDetector:
+    languages = [getattr(Language, name) for code in codes for name in LANGUAGES[code].lingua]
+    if len(languages) == 1:  # lingua needs two; a script with one language decides it
+        languages.append(Language.ENGLISH)
     return LanguageDetectorBuilder.from_languages(*languages).build()
 
 
@@ -155,7 +192,7 @@ def _scores_by_code(detector: LanguageDetector, text: str) -> dict[str, float]:
 
 
 def _code_of(language: Language) -> str:
-    return _CODE_OVERRIDES.get(language, language.iso_code_639_1.name.lower())
+    return _BY_LINGUA.get(language.name, UNDETERMINED)
 
 
 def _best_code(scores: dict[str, float]) -> str:

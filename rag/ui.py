@@ -17,14 +17,25 @@ from typing import Any
 from rag.citations import MARKER, marker_numbers
 from rag.config import ConfigError, Settings
 from rag.indexer import IndexReport
-from rag.records import Answer, Citation, Hit, UserError, one_line
+from rag.languages import LANGUAGES as REGISTRY
+from rag.records import Answer, Chunk, Citation, Hit, UserError, one_line
 
 EMPTY_INDEX = "Index your documents: click **Re-index folder** in the sidebar."
 NO_DOCUMENTS = (
     "Nothing is indexed yet: upload documents in the sidebar, or add files to {docs} "
     "and click **Re-index folder**."
 )
-LANGUAGES = ("auto", "en", "vi", "ru", "de", "no")
+LANGUAGES = ("auto", *REGISTRY)  # the answer languages: the registry's (rag.languages)
+
+
+def language_label(code: str) -> str:
+    """The answer-language choice as shown: "auto (the question's)", "Deutsch (de)"."""
+    if code == "auto":
+        return "auto (the question's)"
+    info = REGISTRY.get(code)
+    return f"{info.native} ({code})" if info else code
+
+
 BACKEND_LABELS = {
     "local": "local (llama.cpp, offline)",
     "openai": "openai (compatible server)",
@@ -165,6 +176,30 @@ class Source:
     last_line: int
     url: str | None
     passages: list[Passage]
+    locator: str = ""  # where a reader finds the quotes: "p. 3", "Budget › Q3 ¶ 2"
+    page: int | None = None  # the first quote's page (a PDF opens there)
+
+    @property
+    def pdf_page(self) -> int | None:
+        """The page the chat page can show next to the quote: a PDF's cited page."""
+        return self.page if self.page and self.path.lower().endswith(".pdf") else None
+
+    @property
+    def quotes(self) -> list[str]:
+        return [q for passage in self.passages for q in passage.quotes]
+
+
+def page_label(source: Source) -> str:
+    """The label of the control that shows a cited PDF page: "Show page 3"."""
+    return f"Show page {source.pdf_page}"
+
+
+def page_caption(source: Source, pages: int, marked: int) -> str:
+    """The line under a shown page: where it is and whether the quote is marked."""
+    where = f"{source.file} · page {source.pdf_page} of {pages}"
+    if marked:
+        return f"{where} · the quote is marked in yellow"
+    return f"{where} · the quote could not be located in the page's text"
 
 
 def sources(answer: Answer) -> list[Source]:
@@ -192,7 +227,19 @@ def _source(n: int, citations: list[Citation], hits: Sequence[Hit]) -> Source:
         last_line=max(c.lines[1] for c in citations),
         url=next((c.url for c in citations if c.url), None),
         passages=list(passages.values()),
+        locator=_locator(citations),
+        page=min((c.page for c in citations if c.page), default=None),
     )
+
+
+def _locator(citations: list[Citation]) -> str:
+    """The places of one source's quotes: a page range for a PDF, else each label once
+    (a bare line number is left out: the lines are shown anyway)."""
+    labels = [c.locator for c in citations if c.locator and not c.locator.startswith("line ")]
+    pages = sorted({c.page for c in citations if c.page})
+    if pages and all(label.startswith("p. ") for label in labels):
+        return f"p. {pages[0]}" if len(pages) == 1 else f"pp. {pages[0]}–{pages[-1]}"
+    return "; ".join(dict.fromkeys(labels))
 
 
 def _passage_of(citation: Citation, hits: Sequence[Hit]) -> str | None:
@@ -251,9 +298,10 @@ def source_html(source: Source, msg_id: str) -> str:
             f' · <a href="{url}" target="_blank" rel="noopener noreferrer">original article ↗</a>'
         )
     lines = line_label(source.first_line, source.last_line)
+    where = f"{html.escape(source.locator)} · " if source.locator else ""
     header = (
         f'<div class="rag-source-head"><span class="rag-n">[{source.n}]</span> '
-        f"<code>{html.escape(source.file)}</code> · {lines}{link}</div>"
+        f"<code>{html.escape(source.file)}</code> · {where}{lines}{link}</div>"
     )
     bodies = []
     for passage in source.passages:
@@ -282,7 +330,7 @@ def evidence_html(hits: Sequence[Hit]) -> str:
         chunk = hit.chunk
         head = (
             f'<div class="rag-source-head"><span class="rag-n">{hit.rank or ""}.</span> '
-            f"<code>{html.escape(Path(chunk.path).name)}</code> · "
+            f"<code>{html.escape(Path(chunk.path).name)}</code> · {_chunk_place(chunk)}"
             f"{line_label(chunk.first_line, chunk.last_line)} · score {hit.score:.3f}</div>"
         )
         items.append(
@@ -290,6 +338,11 @@ def evidence_html(hits: Sequence[Hit]) -> str:
             "</div></div>"
         )
     return "".join(items)
+
+
+def _chunk_place(chunk: Chunk) -> str:
+    place = chunk.locator()
+    return f"{html.escape(place)} · " if place and not place.startswith("line ") else ""
 
 
 def chat_history(answers: Iterable[Answer]) -> list[dict[str, str]]:

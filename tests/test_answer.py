@@ -13,9 +13,7 @@ from rag.answer import (
     SentenceVectors,
     build_messages,
     extractive,
-    figures,
     fixed_messages,
-    ground,
     is_refusal,
     prompt_file,
     refusal_message,
@@ -23,8 +21,10 @@ from rag.answer import (
 )
 from rag.config import Settings
 from rag.engine import Engine
+from rag.grounding import ground
 from rag.llm import Message
 from rag.records import Chunk, Hit
+from rag.support import figures
 
 
 class WordEmbedder:
@@ -152,7 +152,7 @@ def test_ground_attaches_an_uncited_but_supported_reply() -> None:
     grounded = ground("Dong Nai has about 90 innovative startups.", sources, EMBEDDER)
     assert grounded is not None and grounded.citations
     assert grounded.citations[0].path == "a.txt"
-    assert re.search(r"\[\d\]$", grounded.text)
+    assert re.search(r"\[\d\]\.?$", grounded.text)
 
 
 def test_ground_gives_up_on_an_unsupported_uncited_reply() -> None:
@@ -179,24 +179,62 @@ def test_ground_drops_a_claim_whose_figure_is_in_no_source() -> None:
     sources = evidence("startups Dong Nai").select(200)
     reply = "Dong Nai has about 90 innovative startups [1]. It was founded in 1998 [1]."
     grounded = ground(reply, sources, EMBEDDER)
-    assert grounded is not None and not grounded.invented
+    assert grounded is not None and not grounded.refused
+    assert grounded.support() == {"supported": 1, "recited": 0, "dropped": 1}
     assert "1998" not in grounded.text and "90 innovative startups" in grounded.text
     assert [c.quote for c in grounded.citations] == ["Dong Nai has about 90 innovative startups."]
 
 
-def test_ground_marks_a_reply_made_of_invented_figures() -> None:
+def test_ground_refuses_a_reply_made_of_invented_figures() -> None:
     sources = evidence("population of Dong Nai").select(200)
     grounded = ground("Dong Nai has 1 350 inhabitants [1].", sources, EMBEDDER)
-    assert grounded is not None and grounded.invented and not grounded.citations
+    assert grounded is not None and grounded.refused and not grounded.citations
     # a figure the question gave is no invention
     asked = ground("Dong Nai has 1 350 inhabitants [1].", sources, EMBEDDER, "Is it 1350?")
-    assert asked is not None and not asked.invented
+    assert asked is not None and not asked.refused
 
 
-def test_refusals_are_recognised_in_several_languages() -> None:
+def test_ground_drops_a_neighbours_figure_attributed_to_the_asked_entity() -> None:
+    # "500 startups" is Quang Ninh's: said of Dong Nai it is supported by no sentence
+    sources = evidence("startups Dong Nai Quang Ninh").select(200)
+    grounded = ground("Dong Nai supports 500 startups [2].", sources, EMBEDDER, "Dong Nai?")
+    assert grounded is not None and grounded.refused
+    assert grounded.support() == {"supported": 0, "recited": 0, "dropped": 1}
+
+
+def test_ground_recites_a_claim_to_the_sentence_that_states_it() -> None:
+    sources = evidence("startups Dong Nai Quang Ninh").select(200)
+    n_a = next(s.n for s in sources if s.hit.chunk.path == "a.txt")
+    n_b = next(s.n for s in sources if s.hit.chunk.path == "b.txt")
+    grounded = ground(f"Quang Ninh supports 500 startups [{n_a}].", sources, EMBEDDER)
+    assert grounded is not None and not grounded.refused
+    assert grounded.support() == {"supported": 0, "recited": 1, "dropped": 0}
+    assert grounded.text == f"Quang Ninh supports 500 startups [{n_b}]."
+    assert [c.path for c in grounded.citations] == ["b.txt"]
+
+
+def test_ground_refuses_a_reply_that_says_the_sources_lack_the_fact() -> None:
+    sources = evidence("weather Berlin").select(200)
+    for reply in (
+        "Das Wetter morgen in Berlin wird nicht angegeben [1].",
+        "Thời tiết ngày mai không được cập nhật trong các nguồn [1].",
+        "The sources do not mention the weather.",
+    ):
+        grounded = ground(reply, sources, EMBEDDER)
+        assert grounded is not None and grounded.refused, reply
+
+
+def test_ground_keeps_the_answer_and_drops_only_the_not_found_sentence() -> None:
+    sources = evidence("startups Dong Nai").select(200)
+    reply = "Dong Nai has about 90 innovative startups [1]. Their founding year is not mentioned."
+    grounded = ground(reply, sources, EMBEDDER)
+    assert grounded is not None and not grounded.refused
+    assert "not mentioned" not in grounded.text and "90" in grounded.text
+
+
+def test_refusals_are_the_marker_or_nothing() -> None:
     assert is_refusal("NOT_FOUND")
-    assert is_refusal("The sources do not mention this.")
-    assert is_refusal("В источниках нет информации об этом.")
+    assert is_refusal("  not_found")
     assert is_refusal("")
     assert not is_refusal("Dong Nai has 90 startups [1].")
     assert refusal_message("ru") != refusal_message("en")

@@ -162,5 +162,4 @@ class NodePipeline:
         return EvidencePostprocessor(
             self.engine.embedder,
             token_budget=token_budget,
-            evidence_class=self.engine.evidence_class,
         )

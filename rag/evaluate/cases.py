@@ -12,6 +12,7 @@ from rag.evaluate.metrics import first_expected_rank, missing_facts, ranked_file
 from rag.evaluate.quotes import CitationCheck, DocumentLookup, check_citations
 from rag.language import detect_language
 from rag.records import Answer, UserError, one_line
+from rag.support import verify_claims
 
 # Why a case failed: the reason codes of the report, the JUnit XML and the baseline diff.
 WRONG_FILE_FIRST = "wrong file first"
@@ -45,6 +46,8 @@ class CaseResult:
     missing: list[str] = field(default_factory=list)  # facts not found (answered cases)
     answer_language: str | None = None  # detected; None when refused
     timings: dict[str, float] = field(default_factory=dict)
+    support: dict[str, int] = field(default_factory=dict)  # the answer path's own counts
+    claim_checks: list[bool] = field(default_factory=list)  # each shown claim supported?
     reasons: list[str] = field(default_factory=list)
     details: list[str] = field(default_factory=list)  # one line per reason
 
@@ -77,6 +80,9 @@ class CaseResult:
             "cited_files": self.cited_files,
             "citations": [c.as_dict() for c in self.citations],
             "timings": {k: round(v, 1) for k, v in self.timings.items()},
+            "support": self.support,
+            "claims_supported": f"{sum(self.claim_checks)}/{len(self.claim_checks)}",
+            "group": self.case.group,
         }
 
 
@@ -94,10 +100,18 @@ def score_case(
         retrieved_files=ranked_files(h.chunk.path for h in answer.retrieved),
         cited_files=ranked_files(c.path for c in answer.citations),
         timings=dict(answer.timings),
+        support=dict(answer.support),
     )
     result.citations = check_citations(answer, result.retrieved_files, lookup)
     if not answer.refused:
-        result.missing = missing_facts(answer.answer, case.must_contain_any, case.must_contain_all)
+        quotes: dict[int, list[str]] = {}
+        for citation in answer.citations:
+            quotes.setdefault(citation.n, []).append(citation.quote)
+        result.claim_checks = verify_claims(answer.answer, quotes, case.question)
+    if not answer.refused:
+        result.missing = missing_facts(
+            answer.answer, case.must_contain_any, case.must_contain_all, case.must_not_contain
+        )
         result.answer_language = detect(strip_markers(answer.answer))
     if case.answerable:
         _judge_answerable(result)

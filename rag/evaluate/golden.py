@@ -28,13 +28,29 @@ class GoldenCase:
     must_contain_all: tuple[str, ...] = ()
     history: tuple[dict[str, str], ...] = ()
     tags: tuple[str, ...] = ()
+    # strings a right answer never holds, e.g. a neighbouring entity's figure
+    must_not_contain: tuple[str, ...] = ()
+
+    @property
+    def group(self) -> str | None:
+        """The conversation-set group this case belongs to (see GROUPS), if any."""
+        return next((tag for tag in self.tags if tag in GROUPS), None)
 
 
 class _Malformed(ValueError):
     """What is wrong with one line of the golden file (without the line number)."""
 
 
-_STRING_LISTS = ("expected_sources", "must_contain_any", "must_contain_all", "tags")
+# The groups of the conversation set (tests/qa/README.md), each reported on its own.
+GROUPS = ("elliptical", "topic-switch", "near-miss", "neighbour")
+
+_STRING_LISTS = (
+    "expected_sources",
+    "must_contain_any",
+    "must_contain_all",
+    "must_not_contain",
+    "tags",
+)
 _REQUIRED: dict[str, type] = {
     "id": str,
     "question": str,
@@ -43,7 +59,12 @@ _REQUIRED: dict[str, type] = {
     "must_contain_any": list,
     "answerable": bool,
 }
-_OPTIONAL: dict[str, type] = {"must_contain_all": list, "history": list, "tags": list}
+_OPTIONAL: dict[str, type] = {
+    "must_contain_all": list,
+    "must_not_contain": list,
+    "history": list,
+    "tags": list,
+}
 _TYPE_NAMES = {str: "a string", list: "a list", bool: "true or false"}
 _ROLES = ("user", "assistant")
 
@@ -100,6 +121,7 @@ def parse_case(line: str) -> GoldenCase:
         must_contain_all=tuple(data.get("must_contain_all", ())),
         history=tuple(dict(m) for m in data.get("history", ())),
         tags=tuple(data.get("tags", ())),
+        must_not_contain=tuple(data.get("must_not_contain", ())),
     )
 
 

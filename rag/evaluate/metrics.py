@@ -59,8 +59,11 @@ def _fold(text: str) -> str:
     return unicodedata.normalize("NFKC", text).casefold()
 
 
-def missing_facts(text: str, any_of: Sequence[str], all_of: Sequence[str] = ()) -> list[str]:
-    """What the answer lacks: must_contain_any (one of) and must_contain_all (each).
+def missing_facts(
+    text: str, any_of: Sequence[str], all_of: Sequence[str] = (), none_of: Sequence[str] = ()
+) -> list[str]:
+    """What the answer lacks: must_contain_any (one of) and must_contain_all (each), or
+    what it wrongly holds: must_not_contain (none of).
 
     Case-insensitive substring tests on the text without citation markers, so that a
     marker such as "[4]" cannot pass for a fact such as "4".
@@ -70,6 +73,7 @@ def missing_facts(text: str, any_of: Sequence[str], all_of: Sequence[str] = ()) 
     if any_of and not any(_fold(s) in haystack for s in any_of):
         problems.append("none of " + ", ".join(_quoted(s) for s in any_of))
     problems += [f"no {_quoted(s)}" for s in all_of if _fold(s) not in haystack]
+    problems += [f"wrongly {_quoted(s)}" for s in none_of if _fold(s) in haystack]
     return problems
 
 

@@ -51,10 +51,42 @@ def summarize(results: Sequence[CaseResult], backend: str) -> dict[str, Any]:
         "answer_language_rate": ratio(
             sum(r.answer_language == r.case.lang for r in spoken), len(spoken)
         ),
+        "claim_support_rate": claim_support_rate(results),
+        "claims_recited": sum(r.support.get("recited", 0) for r in results),
+        "claims_dropped": sum(r.support.get("dropped", 0) for r in results),
+        "groups": _groups(results),
         **_latencies(results),
         "notes": [EXTRACTIVE_LANGUAGE_NOTE] if backend == "none" else [],
     }
     return summary
+
+
+def claim_support_rate(results: Sequence[CaseResult]) -> float | None:
+    """Of the claims shown in the answers, the share that the cited sentences support
+    (checked again here on the final text and its quotes, see rag.support)."""
+    shown = [check for r in results if not r.refused for check in r.claim_checks]
+    return ratio(sum(shown), len(shown))
+
+
+def _groups(results: Sequence[CaseResult]) -> dict[str, dict[str, Any]]:
+    """Per conversation-set group: how many cases, and the share handled right (the
+    facts found for answerable cases, a refusal for the others)."""
+    groups: dict[str, list[CaseResult]] = {}
+    for result in results:
+        if result.case.group:
+            groups.setdefault(result.case.group, []).append(result)
+    return {
+        name: {
+            "cases": len(members),
+            "correct": sum(_handled(r) for r in members),
+            "rate": ratio(sum(_handled(r) for r in members), len(members)),
+        }
+        for name, members in sorted(groups.items())
+    }
+
+
+def _handled(result: CaseResult) -> bool:
+    return result.facts_found if result.case.answerable else result.refused
 
 
 def _latencies(results: Sequence[CaseResult]) -> dict[str, float | None]:

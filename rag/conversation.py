@@ -1,0 +1,163 @@
+"""Follow-up questions resolved into standalone questions.
+
+"And the Politburo resolution?" means nothing alone: it asks the previous question
+about another thing. "Who won the 2022 FIFA World Cup?" stands on its own, however
+short, and must be searched and gated alone (glued to a question about Lam Dong, it
+found Lam Dong). So a question is first judged: does it depend on the previous turn?
+By its words, in its language (rag.languages): it opens like a follow-up ("And …",
+"Còn …", "А …", "Und …", "Og …"), ends like one ("… thì sao?", "…呢？"), points back
+("its", "there", "его"), or is too short to ask anything alone ("Why?"). A question
+that names what it asks about and asks it in full is never a follow-up.
+
+A dependent question becomes a standalone one:
+- with an LLM, the model rewrites it (prompts/rewrite.txt), a few dozen tokens;
+- without one, or when the rewrite fails, by rule: a follow-up naming a new thing
+  ("And the Politburo resolution?") takes the previous question's predicate, the
+  previous question without its names; one naming nothing ("Und wie viele
+  Technologieunternehmen?") takes the previous question's names.
+Search, the refusal gate and the prompt all use the standalone question.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from rag.citations import strip_markers
+from rag.language import detect_language
+from rag.languages import LANGUAGES
+from rag.names import is_common_word
+from rag.support import NOUN_CAPITALIZING, name_runs
+
+# A question this short (in words, after its opener) asks nothing alone ("Why?").
+MIN_STANDALONE_WORDS = 3
+# A question this short, naming nothing, that speaks of "the name" refers to the chat.
+MAX_DEFINITE_WORDS = 6
+# A rewrite longer than this many times the two questions together went astray.
+MAX_REWRITE_GROWTH = 1.5
+
+_WORD = re.compile(r"\w[\w'’-]*")
+
+Rewriter = Callable[[str, str, str | None, str], str | None]
+
+
+@dataclass
+class Plan:
+    """A question, resolved: what the rest of the answer path works with."""
+
+    question: str  # as asked
+    standalone: str  # what search, gate and prompt use
+    language: str  # of the answer
+    previous: str | None  # the previous user question, if any
+    follow_up: bool  # the question depends on the previous turn
+    method: str = "standalone"  # how `standalone` was made: "standalone", "rules", "llm"
+
+
+def previous_turn(history: Sequence[dict[str, str]], turns: int) -> tuple[str | None, str | None]:
+    """The last user question of the (bounded) history and the answer that followed."""
+    recent = list(history)[-2 * turns :]
+    for i in range(len(recent) - 1, -1, -1):
+        message = recent[i]
+        if message.get("role") == "user" and message.get("content", "").strip():
+            after = recent[i + 1]["content"] if i + 1 < len(recent) else None
+            return message["content"].strip(), after
+    return None, None
+
+
+def resolve(
+    question: str,
+    history: Sequence[dict[str, str]],
+    turns: int,
+    language: str | None = None,
+    rewrite: Rewriter | None = None,
+) -> Plan:
+    """The plan of a question: its language and, for a follow-up, its standalone form."""
+    previous, previous_answer = previous_turn(history, turns)
+    conversation = detect_language(previous) if previous else None
+    lang = language or detect_language(question, _known(conversation))
+    lang = lang if lang in LANGUAGES else _known(conversation) or "en"
+    if not previous or not depends_on_previous(question, lang):
+        return Plan(question, question, lang, previous, False)
+    if rewrite is not None:
+        rewritten = _checked(rewrite(question, previous, previous_answer, lang), question, previous)
+        if rewritten:
+            return Plan(question, rewritten, lang, previous, True, "llm")
+    standalone = standalone_by_rules(question, previous, lang, previous_answer)
+    return Plan(question, standalone, lang, previous, True, "rules")
+
+
+def _known(code: str | None) -> str | None:
+    return code if code in LANGUAGES else None
+
+
+def depends_on_previous(question: str, language: str) -> bool:
+    """Whether `question` only makes sense with the previous turn (see the module)."""
+    text = " ".join(question.lower().split())
+    info = LANGUAGES.get(language)
+    if info is None:
+        return False
+    if any(text.startswith(opener) for opener in info.openers):
+        return True
+    if any(text.rstrip(" ?？!.").endswith(closer.rstrip(" ?？")) for closer in info.closers):
+        return True
+    words = _WORD.findall(text)
+    padded = f" {' '.join(words)} "
+    # whole words (or phrases) in a cased script; anywhere in Chinese and Japanese
+    if any((f" {p} " if info.cased else p) in padded for p in info.pointers):
+        return True
+    if _names(question, language) or any(ch.isdigit() for ch in text):
+        return False
+    if len(words) <= MAX_DEFINITE_WORDS and any(word in info.definite for word in words):
+        return True
+    return len(words) < MIN_STANDALONE_WORDS
+
+
+def standalone_by_rules(
+    question: str, previous: str, language: str, previous_answer: str | None = None
+) -> str:
+    """The follow-up made standalone without a model (see the module). One naming
+    nothing takes the names of the previous question, then of its answer ("According
+    to him, ..." speaks of the person the answer named)."""
+    own = _without_opener(question, language)
+    if _names(own, language):
+        return f"{own} ({_without_names(previous)})"
+    names = list(dict.fromkeys(_names(previous) + _names(strip_markers(previous_answer or ""))))
+    return f"{own} ({', '.join(names)})" if names else f"{previous} {own}"
+
+
+def _without_opener(question: str, language: str) -> str:
+    info = LANGUAGES[language]
+    lowered = question.lower()
+    for opener in sorted(info.openers, key=len, reverse=True):
+        if lowered.startswith(opener):
+            return question[len(opener) :].strip(" ,") or question
+    return question
+
+
+def _names(text: str, language: str | None = None) -> list[str]:
+    """The names of a text ("Thái Nguyên", "MOST"; see rag.support.name_runs). In a
+    language that capitalizes its nouns, a lone word its stemmer knows is no name
+    ("Technologieunternehmen")."""
+    stemmer = LANGUAGES[language].stemmer if language in NOUN_CAPITALIZING else None
+    return [
+        " ".join(run)
+        for run in name_runs(text)
+        if not (stemmer and len(run) == 1 and is_common_word(run[0], stemmer))
+    ]
+
+
+def _without_names(text: str) -> str:
+    for name in _names(text):
+        text = text.replace(name, " ")
+    return " ".join(text.split())
+
+
+def _checked(rewritten: str | None, question: str, previous: str) -> str | None:
+    """The model's rewrite, if it looks like one question (not an answer, not empty)."""
+    if not rewritten:
+        return None
+    line = rewritten.strip().splitlines()[0].strip().strip('"«»“”')
+    if not line or len(line) > MAX_REWRITE_GROWTH * (len(question) + len(previous)):
+        return None
+    return line

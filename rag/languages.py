@@ -1,0 +1,255 @@
+"""The language registry: every language the assistant detects and answers in.
+
+One row per language, and every step asks here: detection (rag.language: which lingua
+languages are candidates), keyword search (the Snowball stemmer), the prompt (the
+language's English name in "Answer in ..."), the support check (month names in dates,
+phrases with which a reply says the sources lack a fact), follow-up resolution (words
+that open a follow-up or point back to the previous turn) and the UI's choices. The
+refusal and intro messages are prompt files (prompts/refusal.json,
+prompts/extractive_intro.json); tests/test_languages.py checks that they, the detector
+and this table agree.
+
+`writes` is how well the packaged LLM (Qwen2.5 1.5B) writes a language, as measured by
+`rag eval` on tests/qa/languages.jsonl (README, "Languages").
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class LanguageInfo:
+    code: str  # ISO 639-1
+    name: str  # English name, as the prompt says it ("Answer in German")
+    native: str  # the UI's label
+    lingua: tuple[str, ...]  # lingua.Language members that mean this language
+    stemmer: str | None  # PyStemmer (Snowball) algorithm; None: not stemmed
+    cased: bool  # names are capitalized (no in Japanese and Chinese)
+    months: tuple[tuple[str, ...], ...]  # per month, its spellings (lower case)
+    not_found: tuple[str, ...]  # how a reply says the sources lack the fact (lower case)
+    # A follow-up opens with one of `openers` ("And in Hue?"), ends with one of `closers`
+    # ("Còn Huế thì sao?") or points back with one of `pointers` ("its", "dort", "hai
+    # bên"); not words that also stand alone ("there" in "Are there ...", "es" in "Gibt
+    # es ...", Danish "der" in "Hvor mange er der?").
+    openers: tuple[str, ...]
+    closers: tuple[str, ...] = ()
+    pointers: tuple[str, ...] = ()
+    # Definite articles: a short question naming nothing that speaks of "the name" or
+    # "die Plattform" speaks of something the conversation introduced.
+    definite: tuple[str, ...] = ()
+    writes: str = "well"  # the packaged LLM writes it "well", "fairly" or "poorly"
+
+
+def _months(spellings: str) -> tuple[tuple[str, ...], ...]:
+    """12 months from "jan january|feb february|...": spellings of one month by spaces."""
+    months = tuple(tuple(month.split()) for month in spellings.split("|"))
+    assert len(months) == 12, spellings
+    return months
+
+
+LANGUAGES: dict[str, LanguageInfo] = {
+    info.code: info
+    for info in (
+        LanguageInfo(
+            "en", "English", "English", ("ENGLISH",), "english", True,
+            _months(
+                "january jan|february feb|march mar|april apr|may|june jun|july jul|"
+                "august aug|september sep sept|october oct|november nov|december dec"
+            ),
+            ("not mentioned", "not specified", "not stated", "not provided", "not given",
+             "not available", "does not say", "do not say", "does not mention",
+             "do not mention", "no information", "not found in the sources",
+             "sources do not", "sources don't", "could not find", "cannot find",
+             "not included"),
+            ("and ", "what about", "how about", "and what", "also "),
+            (),
+            ("it", "its", "they", "their", "them", "he", "she", "his", "her", "him",
+             "those", "these"),
+            definite=("the",),
+        ),
+        LanguageInfo(
+            "vi", "Vietnamese", "Tiếng Việt", ("VIETNAMESE",), None, True,
+            _months("|".join(f"tháng {n}" for n in range(1, 13))),
+            ("không được đề cập", "không đề cập", "không được nêu", "không nêu",
+             "không có thông tin", "không tìm thấy", "không được cung cấp",
+             "không được cập nhật", "không được nhắc", "chưa được đề cập"),
+            ("còn ", "và ", "thế còn", "vậy còn", "thế ", "vậy "),
+            ("thì sao?", "thì sao", "thế nào?", "ra sao?"),
+            ("đó", "ấy", "này", "họ", "nó", "hai bên", "bên kia"),
+        ),
+        LanguageInfo(
+            "ru", "Russian", "Русский", ("RUSSIAN",), "russian", True,
+            _months(
+                "января январь|февраля февраль|марта март|апреля апрель|мая май|"
+                "июня июнь|июля июль|августа август|сентября сентябрь|"
+                "октября октябрь|ноября ноябрь|декабря декабрь"
+            ),
+            ("не указ", "не упомин", "не сообща", "не говорится", "нет информации",
+             "нет ответа", "не содерж", "не приводится", "не известно", "неизвестно"),
+            ("а ", "и ", "а что", "как насчёт", "как насчет", "а как"),
+            (),
+            ("он", "она", "оно", "они", "его", "её", "ее", "их", "ему", "ней", "нему",
+             "него", "там", "этого", "этой", "этот", "эта", "эти"),
+        ),
+        LanguageInfo(
+            "de", "German", "Deutsch", ("GERMAN",), "german", True,
+            _months(
+                "januar jänner|februar|märz|april|mai|juni|juli|august|september|"
+                "oktober|november|dezember"
+            ),
+            ("nicht angegeben", "nicht erwähnt", "nicht genannt", "keine angabe",
+             "keine informationen", "nicht enthalten", "nichts gefunden", "geht nicht hervor",
+             "nicht bekannt", "wird nicht"),
+            ("und ", "was ist mit", "wie steht es mit", "wie sieht es mit", "und was"),
+            (),
+            ("sie", "ihre", "ihrer", "ihm", "ihn", "dort", "davon", "dafür", "damit", "er",
+             "sein", "seine", "dieser", "diese", "dieses"),
+            definite=("der", "die", "das", "dem", "den", "des"),
+        ),
+        LanguageInfo(
+            "no", "Norwegian (Bokmål)", "Norsk", ("BOKMAL", "NYNORSK"), "norwegian", True,
+            _months(
+                "januar|februar|mars|april|mai|juni|juli|august|september|oktober|"
+                "november|desember"
+            ),
+            ("ikke nevnt", "ikke oppgitt", "ikke angitt", "ingen informasjon",
+             "inneholder ikke", "fant ikke", "nevnes ikke", "oppgis ikke", "står ikke"),
+            ("og ", "hva med", "hva så med", "enn "),
+            (),
+            ("den", "dem", "der", "dette", "disse", "han", "hun", "ham", "henne", "hans",
+             "hennes", "deres", "av det", "om det", "for det"),
+        ),
+        LanguageInfo(
+            "da", "Danish", "Dansk", ("DANISH",), "danish", True,
+            _months(
+                "januar|februar|marts|april|maj|juni|juli|august|september|oktober|"
+                "november|december"
+            ),
+            ("ikke nævnt", "ikke oplyst", "ingen oplysninger", "ingen information",
+             "fremgår ikke", "fandt ikke", "nævnes ikke"),
+            ("og ", "hvad med", "hvad så med"),
+            (),
+            ("den", "dem", "dette", "disse", "han", "hun", "ham", "hende", "hans", "hendes",
+             "deres", "af det", "om det", "for det"),
+        ),
+        LanguageInfo(
+            "sv", "Swedish", "Svenska", ("SWEDISH",), "swedish", True,
+            _months(
+                "januari|februari|mars|april|maj|juni|juli|augusti|september|oktober|"
+                "november|december"
+            ),
+            ("inte nämnt", "nämns inte", "anges inte", "ingen information",
+             "framgår inte", "hittade inte", "inte angivet"),
+            ("och ", "hur är det med", "vad sägs om", "vad gäller"),
+            (),
+            ("den", "dem", "detta", "dessa", "han", "hon", "honom", "henne", "hans",
+             "hennes", "deras", "av det", "om det", "för det"),
+            "fairly",
+        ),
+        LanguageInfo(
+            "fr", "French", "Français", ("FRENCH",), "french", True,
+            _months(
+                "janvier|février|mars|avril|mai|juin|juillet|août|septembre|octobre|"
+                "novembre|décembre"
+            ),
+            ("pas mentionné", "pas précisé", "pas indiqué", "aucune information",
+             "ne mentionne", "ne précise", "n'ai pas trouvé", "ne contiennent pas"),
+            ("et ", "qu'en est-il", "et pour", "et en ce qui concerne"),
+            (),
+            ("il", "elle", "ils", "elles", "leur", "leurs", "y", "celui-ci", "celle-ci"),
+            definite=("le", "la", "les"),
+        ),
+        LanguageInfo(
+            "es", "Spanish", "Español", ("SPANISH",), "spanish", True,
+            _months(
+                "enero|febrero|marzo|abril|mayo|junio|julio|agosto|septiembre setiembre|"
+                "octubre|noviembre|diciembre"
+            ),
+            ("no se menciona", "no se especifica", "no se indica", "no hay información",
+             "no mencionan", "no encontré", "no contienen"),
+            ("y ", "¿y ", "qué hay de", "¿qué hay de", "y en cuanto a"),
+            (),
+            ("él", "ella", "ellos", "ellas", "su", "sus", "allí", "allá", "eso", "este",
+             "esta"),
+            definite=("el", "la", "los", "las"),
+        ),
+        LanguageInfo(
+            "uk", "Ukrainian", "Українська", ("UKRAINIAN",), None, True,
+            _months(
+                "січня січень|лютого лютий|березня березень|квітня квітень|травня травень|"
+                "червня червень|липня липень|серпня серпень|вересня вересень|"
+                "жовтня жовтень|листопада листопад|грудня грудень"
+            ),
+            ("не вказ", "не згаду", "не повідомля", "немає інформації", "немає відповіді",
+             "не містять"),
+            ("а ", "і ", "й ", "а як щодо", "а що"),
+            (),
+            ("він", "вона", "воно", "вони", "його", "її", "їх", "там", "цей", "ця", "ці"),
+            "fairly",
+        ),
+        LanguageInfo(
+            "pl", "Polish", "Polski", ("POLISH",), "polish", True,
+            _months(
+                "stycznia styczeń|lutego luty|marca marzec|kwietnia kwiecień|maja maj|"
+                "czerwca czerwiec|lipca lipiec|sierpnia sierpień|września wrzesień|"
+                "października październik|listopada listopad|grudnia grudzień"
+            ),
+            ("nie wspomniano", "nie podano", "nie określono", "brak informacji",
+             "nie zawierają", "nie znalazłem", "nie znalazłam"),
+            ("a ", "i ", "a co z", "co z", "a jak"),
+            (),
+            ("on", "ona", "ono", "oni", "one", "jego", "jej", "ich", "tam", "ten", "ta", "te"),
+            "fairly",
+        ),
+        LanguageInfo(
+            "ja", "Japanese", "日本語", ("JAPANESE",), None, False,
+            _months("|".join(f"{n}月" for n in range(1, 13))),
+            ("記載されていません", "記載がありません", "言及されていません", "情報はありません",
+             "見つかりませんでした", "含まれていません"),
+            ("では", "じゃあ", "それでは", "また"),
+            ("は？", "は?", "はどう？", "はどうですか"),
+            ("それ", "その", "そこ", "彼", "彼女"),
+            "fairly",
+        ),
+        LanguageInfo(
+            "zh", "Chinese", "中文", ("CHINESE",), None, False,
+            _months("|".join(f"{n}月" for n in range(1, 13))),
+            ("没有提到", "未提及", "没有提及", "未说明", "没有信息", "没有找到", "未找到",
+             "不包含"),
+            ("那", "那么", "还有"),
+            ("呢？", "呢?", "呢"),
+            ("它", "他", "她", "他们", "那里", "其"),
+        ),
+    )
+}  # fmt: skip
+
+# The five languages of the seed corpus and of the golden sets.
+CORE_LANGUAGES = ("en", "vi", "ru", "de", "no")
+
+
+def language_name(code: str) -> str:
+    """The English name of a language for the prompt; English for an unknown code."""
+    info = LANGUAGES.get(code)
+    return info.name if info else "English"
+
+
+def not_found_phrases() -> tuple[str, ...]:
+    """Every language's phrases for "the sources do not say" (a reply in any language
+    may use them: the model does not always answer in the language asked)."""
+    return tuple(phrase for info in LANGUAGES.values() for phrase in info.not_found)
+
+
+def month_spellings() -> dict[str, int]:
+    """Every spelling of a month name in any language -> its number (1-12)."""
+    return {
+        spelling: number
+        for info in LANGUAGES.values()
+        for number, spellings in enumerate(info.months, start=1)
+        for spelling in spellings
+    }
+
+
+def stemmer_names() -> dict[str, str]:
+    """ISO code -> PyStemmer algorithm, for the languages that have one."""
+    return {code: info.stemmer for code, info in LANGUAGES.items() if info.stemmer}

@@ -1,0 +1,274 @@
+"""Claim-level support: does a source sentence state what an answer's sentence claims?
+
+A claim is checked by its checkable facts, in any of the supported languages:
+- numbers, compared by their digits ("41 200" = "41.200" = "41,200", "3,4" = "3.4");
+- dates, by day, month and year whatever the notation ("27 June 2025" = "27.06.2025" =
+  "ngày 27 tháng 6 năm 2025" = "27 июня 2025"): a date's parts become facts of their own,
+  so "June 2025" is supported by "27.06.2025";
+- names: capitalized words of the claim that the evidence knows (they occur in some
+  source sentence, compared across scripts by rag.names.latin_key). A name the
+  evidence never mentions cannot be checked (a translation, or a common noun in
+  German) and is left alone; a name it does mention must be in the supporting
+  sentence: "Dong Nai has 3.4 million inhabitants [2]" is not supported by a sentence
+  about Lam Dong's 3.4 million.
+A sentence that names nothing itself ("The province has 90 startups") is read with the
+sentence before it, which names what it speaks of.
+
+Numbers and dates of the question are given: a claim may repeat them. Its names are
+not: repeating the question's entity is exactly what a claim about a neighbouring
+entity does.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from functools import cache
+
+from rag.languages import LANGUAGES, month_spellings, not_found_phrases
+from rag.names import is_english_word, latin_key, name_skeleton, starts_sentence
+
+# Digit groups split by a space ("41 200", "24\u00a0000"), then digit runs with decimal
+# or group marks ("1,6", "1.600", "3-3,5" -> "3", "3,5").
+_SPACE_GROUP = re.compile(r"(?<=\d)[ \u00a0\u202f](?=\d{3}(?!\d))")
+_FIGURE = re.compile(r"\d+(?:[.,]\d+)*")
+_WORD = re.compile(r"[^\W\d_][\w'’-]*")
+_MIN_NAME_KEY = 3  # shorter skeletons ("h" of "Hue") match too many words
+_NAME_WORD = re.compile(r"[^\W\d_][\w'’]*")
+NOUN_CAPITALIZING = frozenset({"de"})
+
+
+@dataclass(frozen=True)
+class Facts:
+    numbers: frozenset[str]
+    dates: frozenset[str]  # "m6", "d27m6": a month, a day of a month
+    names: frozenset[str]  # latin keys
+
+    def __bool__(self) -> bool:
+        return bool(self.numbers or self.dates or self.names)
+
+
+# ------------------------------------------------------------------------------ dates
+
+
+@cache
+def _date_patterns() -> tuple[re.Pattern[str], ...]:
+    spellings = sorted(month_spellings(), key=len, reverse=True)
+    month = "|".join(re.escape(s) for s in spellings if not s[0].isdigit() and "tháng" not in s)
+    day = r"(?P<day>[0-3]?\d)"
+    year = r"(?P<year>\d{4})"
+    return tuple(
+        re.compile(pattern, re.IGNORECASE)
+        for pattern in (
+            rf"\b{year}-(?P<month>[01]?\d)-{day}\b",  # 2025-06-27
+            rf"\b{day}[./](?P<month>[01]?\d)(?:[./]{year}|[./]\d\d)?\b",  # 27.06.2025, 21/8
+            rf"\b{day}\.?(?:\s+de)?\s+(?P<mname>{month})\b(?:\s+(?:de\s+)?{year})?",
+            rf"\b(?P<mname>{month})\.?\s+{day}(?:st|nd|rd|th)?\b(?:,?\s+{year})?",
+            rf"\b(?P<mname>{month})\.?\s+(?:de\s+)?{year}",  # June 2025
+            rf"(?:ngày\s+{day}\s+)?tháng\s+(?P<month>[01]?\d)(?:(?:\s+năm\s+|/){year})?",
+            rf"(?:{year}\s*年\s*)?(?P<month>[01]?\d)\s*月\s*(?:{day}\s*日)?",
+        )
+    )
+
+
+def _dates(text: str) -> tuple[set[str], set[str], str]:
+    """Date facts, the years found in dates, and the text with the dates blanked."""
+    facts: set[str] = set()
+    years: set[str] = set()
+    spellings = month_spellings()
+    for pattern in _date_patterns():
+        for match in pattern.finditer(text):
+            parts = match.groupdict()
+            month = parts.get("month") or ""
+            number = (
+                int(month)
+                if month.isdigit()
+                else spellings.get((parts.get("mname") or "").lower().rstrip("."), 0)
+            )
+            if not 1 <= number <= 12:
+                continue
+            facts.add(f"m{number}")
+            if parts.get("day") and 1 <= int(parts["day"]) <= 31:
+                facts.add(f"d{int(parts['day'])}m{number}")
+            if parts.get("year"):
+                years.add(parts["year"])
+            text = text[: match.start()] + " " * len(match.group()) + text[match.end() :]
+    return facts, years, text
+
+
+# ---------------------------------------------------------------------------- numbers
+
+
+def figures(text: str) -> set[str]:
+    """The numbers in a text, as their digits without trailing zeros, so that the
+    same figure written another way matches: "41 200" = "41.200" = "41,200",
+    "1,6 milliarder" = "1.6 billion" = "1,600 million", "80 %" = "80%"."""
+    text = _SPACE_GROUP.sub("", text)
+    return {_digits(m.group()) for m in _FIGURE.finditer(text)}
+
+
+def _digits(figure: str) -> str:
+    return re.sub(r"\D", "", figure).rstrip("0") or "0"
+
+
+# ------------------------------------------------------------------------------ names
+
+
+def _words(text: str) -> list[re.Match[str]]:
+    """Words, hyphenated compounds split ("Ho-Chi-Minh-Stadt": four words)."""
+    return list(_NAME_WORD.finditer(text))
+
+
+def _capitalized_runs(text: str, openers: bool) -> list[list[str]]:
+    """Runs of capitalized words ("Dong Nai", "Politburo"); with `openers`, also those
+    that start a sentence ("Dong Nai has ..."), else only names by rag.names' rule."""
+    runs: list[list[str]] = []
+    previous_end = -2
+    for match in _words(text):
+        word = match.group()
+        usable = word[0].isupper() and (openers or not starts_sentence(text, match.start()))
+        if not usable:
+            previous_end = -2
+            continue
+        gap = text[previous_end : match.start()] if previous_end >= 0 else "x"
+        if runs and not gap.strip(" -"):
+            runs[-1].append(word)
+        else:
+            runs.append([word])
+        previous_end = match.end()
+    return runs
+
+
+def name_runs(text: str) -> list[list[str]]:
+    """The names of a text: runs of capitalized words, a sentence's first word only as
+    part of a longer run ("Lam Dong har ...", not "Provinsen har ...")."""
+    return [
+        run
+        for run in _capitalized_runs(text, openers=True)
+        if len(run) > 1 or not _opens_sentence(text, run[0])
+    ]
+
+
+def _keys(runs: Iterable[list[str]], single_words: bool = True) -> set[str]:
+    """Name skeletons (rag.names.name_skeleton) of every contiguous part of each run
+    ("Lam Dong Province": "lamdong", "dongprovince", ...); single words only with
+    `single_words`. English Title Case words are no names ("Ministry of ...")."""
+    keys = set()
+    for run in runs:
+        run = [word for word in run if not is_english_word(word)]
+        for i in range(len(run)):
+            for j in range(i + (1 if single_words else 2), len(run) + 1):
+                keys.add(name_skeleton(latin_key(" ".join(run[i:j]))))
+    return {key for key in keys if len(key) >= _MIN_NAME_KEY}
+
+
+def _sequences(text: str) -> set[str]:
+    """Name skeletons of every sequence of up to 4 words of `text`, whatever their
+    case: where a name is looked for."""
+    words = [latin_key(m.group()) for m in _words(text)]
+    return {
+        name_skeleton("".join(words[i:j]))
+        for i in range(len(words))
+        for j in range(i + 1, min(i + 5, len(words) + 1))
+    }
+
+
+def evidence_names(sentences: Iterable[tuple[str, str]]) -> set[str]:
+    """Name skeletons of the names in evidence texts, given as (text, language).
+
+    German capitalizes every noun, so there only runs of two or more names count ("Dong
+    Nai"): "Einwohner" must not have to be in the sentence that supports a claim
+    saying it."""
+    keys: set[str] = set()
+    for text, language in sentences:
+        keys |= _keys(name_runs(text), language not in NOUN_CAPITALIZING)
+    return keys
+
+
+def _opens_sentence(text: str, word: str) -> bool:
+    at = text.find(word)
+    return at < 0 or starts_sentence(text, at)
+
+
+# ------------------------------------------------------------------------------ facts
+
+
+def facts(text: str, known_names: Iterable[str] = ()) -> Facts:
+    """The checkable facts of `text`; names only among `known_names` (skeletons of the
+    evidence's names), longest first so that "Dong Nai" is not also checked as "Nai"."""
+    dates, years, rest = _dates(text)
+    numbers = figures(rest) | {_digits(y) for y in years}
+    known = set(known_names)
+    names = {key for key in _keys(_capitalized_runs(text, openers=True)) if key in known}
+    # a run's words are implied by the run ("dongnai" covers "dong", "nai")
+    names = {key for key in names if not any(key != other and key in other for other in names)}
+    return Facts(frozenset(numbers), frozenset(dates), frozenset(names))
+
+
+def missing(claim: Facts, evidence: str, given: Facts, context: str | None = None) -> Facts:
+    """What of the claim's facts the evidence sentence does not state (nor `given`
+    holds); names may also be in the sentence's `context` (see rag.answer). A name
+    is found as the start of a word sequence ("Quang Ninh" in "Quang Ninhs")."""
+    stated = facts(evidence)
+    sequences = _sequences(context or evidence) if claim.names else set()
+    return Facts(
+        claim.numbers - stated.numbers - given.numbers,
+        claim.dates - stated.dates - given.dates,
+        frozenset(
+            name for name in claim.names if not any(seq.startswith(name) for seq in sequences)
+        ),
+    )
+
+
+def names_only(stated: Facts) -> Facts:
+    return Facts(frozenset(), frozenset(), stated.names)
+
+
+def names_known_in(text: str, known: set[str]) -> bool:
+    """Whether `text` mentions one of the `known` names."""
+    return any(seq in known for seq in _sequences(text))
+
+
+# --------------------------------------------------------------------------- refusals
+
+
+def says_not_found(text: str) -> bool:
+    """Whether a reply's sentence says the sources lack the fact (in any language)."""
+    lowered = " ".join(text.lower().split())
+    return any(phrase in lowered for phrase in not_found_phrases())
+
+
+def uncased_language(code: str) -> bool:
+    info = LANGUAGES.get(code)
+    return info is not None and not info.cased
+
+
+def covers(claim: Facts, evidences: Sequence[str], given: Facts) -> bool:
+    """Whether the evidence texts together state every fact of the claim."""
+    left = claim
+    for evidence in evidences:
+        left = missing(left, evidence, given)
+    return not left
+
+
+def verify_claims(answer: str, quotes: dict[int, list[str]], question: str = "") -> list[bool]:
+    """For each claim of a finished answer that states facts or cites a source: are
+    its facts stated by the quotes it cites? (`rag eval`'s claim_support_rate: an
+    independent check of what the answer path shows, on its final text and quotes.)"""
+    from rag.citations import claims  # rag.citations splits sentences (rag.chunking)
+    from rag.language import detect_language
+
+    known = evidence_names(
+        (quote, detect_language(quote)) for texts in quotes.values() for quote in texts
+    )
+    asked = facts(question)
+    given = Facts(asked.numbers, asked.dates, frozenset())
+    checks = []
+    for claim in claims(answer):
+        stated = facts(claim.text, known)
+        if not claim.text or (not stated and not claim.numbers):
+            continue
+        cited = [quote for n in claim.numbers for quote in quotes.get(n, [])]
+        checks.append(bool(cited) and covers(stated, cited, given))
+    return checks

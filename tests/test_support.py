@@ -1,0 +1,107 @@
+"""Claim-level support: facts of a claim found in a sentence, across languages."""
+
+from __future__ import annotations
+
+import pytest
+
+from rag.support import (
+    Facts,
+    covers,
+    evidence_names,
+    facts,
+    figures,
+    says_not_found,
+    verify_claims,
+)
+
+NO_GIVEN = Facts(frozenset(), frozenset(), frozenset())
+
+
+@pytest.mark.parametrize(
+    "written",
+    [
+        "27 June 2025",
+        "June 27, 2025",
+        "27.06.2025",
+        "27/6/2025",
+        "2025-06-27",
+        "ngày 27 tháng 6 năm 2025",
+        "27 июня 2025 года",
+        "27. Juni 2025",
+        "27. juni 2025",
+        "27 juin 2025",
+        "27 de junio de 2025",
+        "27 czerwca 2025",
+        "2025年6月27日",
+    ],
+)
+def test_a_date_is_the_same_fact_in_every_notation(written: str) -> None:
+    assert facts(written) == facts("27 June 2025")
+
+
+def test_a_claimed_month_and_year_is_supported_by_a_full_date() -> None:
+    assert covers(facts("adopted in June 2025"), ["vedtatt 27.06.2025"], NO_GIVEN)
+    assert not covers(facts("adopted on 22 December 2024"), ["vedtatt 27.06.2025"], NO_GIVEN)
+
+
+def test_numbers_match_across_grouping_and_decimal_marks() -> None:
+    assert figures("3,4 millioner") == figures("3.4 million")
+    assert figures("24 000 km²") == figures("24,000 km²")
+    assert covers(facts("about 41,200 visitors"), ["rund 41 200 Besucher"], NO_GIVEN)
+
+
+def test_names_are_matched_across_scripts_and_transliterations() -> None:
+    known = evidence_names([("Провинция Кантхо поддержала 40 проектов.", "ru")])
+    claim = facts("Can Tho supported 40 projects.", known)
+    assert claim.names  # "Can Tho" is a name the evidence knows
+    assert covers(claim, ["Провинция Кантхо поддержала 40 проектов."], NO_GIVEN)
+
+
+def test_a_neighbours_figure_is_not_supported() -> None:
+    evidence = [
+        ("Lam Dong har 3,4 millioner innbyggere.", "no"),
+        ("Dong Nai har 90 bedrifter.", "no"),
+    ]
+    known = evidence_names(evidence)
+    claim = facts("Die Provinz Dong Nai hat 3,4 Millionen Einwohner.", known)
+    assert not covers(claim, [evidence[0][0]], NO_GIVEN)
+    assert covers(facts("Lam Dong hat 3,4 Millionen Einwohner.", known), [evidence[0][0]], NO_GIVEN)
+
+
+def test_german_nouns_are_not_names_to_look_for() -> None:
+    known = evidence_names([("Die Provinz hat viele Einwohner und Unternehmen.", "de")])
+    assert not facts("Die Einwohner der Provinz", known).names
+
+
+def test_english_title_case_is_no_name() -> None:
+    known = evidence_names([("He met the Ministry of Science and Technology.", "en")])
+    assert not facts("The Ministry said so.", known).names
+
+
+@pytest.mark.parametrize(
+    "reply",
+    [
+        "The sources do not mention the weather.",
+        "Das Wetter morgen in Berlin wird nicht angegeben.",
+        "Thời tiết không được cập nhật trong các nguồn.",
+        "Численность населения не указана.",
+        "Befolkningstallet er ikke oppgitt.",
+        "资料中没有提到人口。",
+    ],
+)
+def test_replies_that_say_the_sources_lack_the_fact(reply: str) -> None:
+    assert says_not_found(reply)
+
+
+def test_a_real_answer_is_not_a_not_found_reply() -> None:
+    assert not says_not_found("Dong Nai has about 90 innovative startups [1].")
+
+
+def test_verify_claims_checks_each_shown_claim_against_its_quotes() -> None:
+    quotes = {
+        1: ["Dong Nai har omtrent 90 oppstartsbedrifter."],
+        2: ["Lam Dong har 3,4 millioner."],
+    }
+    assert verify_claims("Dong Nai has about 90 startups [1].", quotes) == [True]
+    assert verify_claims("Dong Nai has 3.4 million people [2].", quotes) == [False]
+    assert verify_claims("It has 90 startups.", quotes) == [False]  # a figure, uncited
