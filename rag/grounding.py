@@ -23,6 +23,7 @@ from rag.support import (
     names_known_in,
     names_only,
     says_not_found,
+    unknown_names,
 )
 from rag.tuning import ATTACH_MIN_SIMILARITY
 
@@ -49,6 +50,7 @@ def ground(
     embedder: Embeds,
     question: str = "",
     hits: list[Hit] | None = None,
+    language: str = "",
 ) -> Grounded | None:
     """Check every claim of the reply against the sentence(s) it cites (rag.support).
 
@@ -69,7 +71,7 @@ def ground(
     answering = [c for c in parts if not says_not_found(c.text)]
     if not answering:
         return Grounded("", [], refused=True)
-    checker = ClaimChecker(sources, question, hits)
+    checker = ClaimChecker(sources, question, hits, language)
     vectors = np.stack([embedder.embed_query(c.text) for c in answering])
     shown: list[Claim] = []
     best: dict[tuple[int, str], Citation] = {}
@@ -105,7 +107,13 @@ Support = tuple[list[tuple[int, Sentence]], bool]
 class ClaimChecker:
     """Which source sentences support a claim (see rag.support)."""
 
-    def __init__(self, sources: list[Source], question: str, hits: list[Hit] | None = None) -> None:
+    def __init__(
+        self,
+        sources: list[Source],
+        question: str,
+        hits: list[Hit] | None = None,
+        language: str = "",
+    ) -> None:
         """`hits`: all the retrieved passages, whose names count as known (a claim or a
         question naming one of them must find it in its sentence); else the sources'."""
         self.sources = sources
@@ -113,11 +121,17 @@ class ClaimChecker:
         self.known = evidence_names((c.text, c.language) for c in chunks.values())
         asked = facts(question)
         self.given = Facts(asked.numbers, asked.dates, frozenset())  # not its names
+        # not the question: an entity only the question names is one the corpus does
+        # not know ("Tour de France"), and a claim about it has no source
+        self._texts = [c.text for c in chunks.values()]
+        self.language = language  # of the reply
         self._contexts: dict[tuple[int, int], str] = {}
 
     def support(self, claim: Claim, vector: np.ndarray) -> Support | None:
         """The (source number, sentence) pairs that support the claim, and whether they
         are other sources than the claim cites; None when nothing supports it."""
+        if unknown_names(claim.text, self._texts, self.language):
+            return None  # a name from nowhere: no passage and not the question has it
         stated = facts(claim.text, self.known)
         cited = [s for s in self.sources if s.n in claim.numbers]
         if not stated:  # nothing to check: the cited source's closest sentence

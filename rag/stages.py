@@ -96,9 +96,11 @@ def retrieve(engine: Engine, turn: Turn) -> list[Hit]:
 
 
 def gate(engine: Engine, turn: Turn) -> bool:
-    """Refuse when nothing retrieved is close enough to the question to hold an answer."""
+    """Refuse when nothing retrieved is close enough to the question to hold an answer
+    (less strict before an LLM's answer, whose claims are checked)."""
     confidence = max((h.dense_score or 0.0 for h in turn.hits), default=0.0)
-    return not turn.hits or confidence < engine.refusal_threshold()
+    threshold = engine.refusal_threshold(checked=turn.backend is not None)
+    return not turn.hits or confidence < threshold
 
 
 def evidence(engine: Engine, turn: Turn) -> list[Source]:
@@ -139,7 +141,9 @@ def check(engine: Engine, turn: Turn) -> Answer:
     if is_refusal(turn.reply):
         return _answer(turn, refusal_message(resolved.language), True, [])
     question = f"{resolved.previous or ''}\n{resolved.standalone}"
-    grounded = ground(turn.reply, turn.sources, engine.embedder, question, turn.hits)
+    grounded = ground(
+        turn.reply, turn.sources, engine.embedder, question, turn.hits, resolved.language
+    )
     if grounded is None:  # nothing in the reply can be tied to a source: quote instead
         assert turn.pipeline is not None
         best = turn.pipeline.best()

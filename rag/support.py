@@ -109,7 +109,11 @@ def figures(text: str) -> set[str]:
 
 
 def _digits(figure: str) -> str:
-    return re.sub(r"\D", "", figure).rstrip("0") or "0"
+    """The figure's digits without trailing zeros ("1,6" = "1.600" = "16"); a figure of
+    one significant digit keeps its zeros ("100.000" is not "1" nor "10")."""
+    digits = re.sub(r"\D", "", figure)
+    stripped = digits.rstrip("0") or "0"
+    return stripped if len(stripped) > 1 else digits.lstrip("0") or "0"
 
 
 # ------------------------------------------------------------------------------ names
@@ -219,6 +223,29 @@ def missing(claim: Facts, evidence: str, given: Facts, context: str | None = Non
             name for name in claim.names if not any(seq.startswith(name) for seq in sequences)
         ),
     )
+
+
+def unknown_names(claim: str, texts: Sequence[str], language: str = "") -> list[str]:
+    """The claim's names that none of `texts` mentions: names from nowhere ("The 2023
+    Tour was won by Tadej Pogačar [1]" over articles that never name him). English
+    Title Case words are no names, and in a noun-capitalizing `language` (German) a
+    lone capitalized word is none either ("Startups"), as in evidence_names; a run is
+    known when one of its words is ("Die Provinz Dong Nai")."""
+    known: set[str] = set()
+    for text in texts:
+        known |= _sequences(text)
+    unknown = []
+    for run in name_runs(claim):
+        words = [word for word in run if not is_english_word(word) and len(word) > 3]
+        if not words or (language in NOUN_CAPITALIZING and len(words) == 1):
+            continue
+        keys = {name_skeleton(latin_key(w)) for w in words} | {
+            name_skeleton(latin_key(" ".join(words)))
+        }
+        keys = {key for key in keys if len(key) >= _MIN_NAME_KEY}
+        if keys and not any(seq.startswith(key) for key in keys for seq in known):
+            unknown.append(" ".join(run))
+    return unknown
 
 
 def names_only(stated: Facts) -> Facts:

@@ -164,14 +164,14 @@ def test_figures_match_however_they_are_written() -> None:
     assert figures("41 200 Fahrgäste, 1,6 milliarder, 80 % and 3-3,5") == {
         "412",
         "16",
-        "8",
+        "80",  # one significant digit keeps its zeros: "80" is not "8" nor "800"
         "3",
         "35",
     }
     assert figures("41,200 passengers, 1.6 billion, 80% and 3–3.5") == figures(
         "41.200, 1,600 million, 80 and 3 - 3.5"
     )
-    assert figures("In 2025, 30 firms") == {"2025", "3"}  # a year is not a thousands group
+    assert figures("In 2025, 30 firms") == {"2025", "30"}  # a year is not a thousands group
     assert figures("no figures here") == set()
 
 

@@ -11,6 +11,7 @@ from rag.support import (
     facts,
     figures,
     says_not_found,
+    unknown_names,
     verify_claims,
 )
 
@@ -105,3 +106,11 @@ def test_verify_claims_checks_each_shown_claim_against_its_quotes() -> None:
     assert verify_claims("Dong Nai has about 90 startups [1].", quotes) == [True]
     assert verify_claims("Dong Nai has 3.4 million people [2].", quotes) == [False]
     assert verify_claims("It has 90 startups.", quotes) == [False]  # a figure, uncited
+
+
+def test_names_from_nowhere_are_found_and_known_names_are_not() -> None:
+    sources = ["I Dong Nai er det etablert omtrent 90 oppstartsbedrifter.", "Хоанг Дык Тхао"]
+    assert unknown_names("The Tour was won by Tadej Pogačar.", sources, "en") == ["Tadej Pogačar"]
+    assert unknown_names("Hoàng Đức Thảo chairs it.", sources, "vi") == []
+    assert unknown_names("Die Provinz Dong Nai hat 90 Startups.", sources, "de") == []
+    assert unknown_names("The Ministry of Science said so.", sources, "en") == []
