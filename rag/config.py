@@ -90,6 +90,9 @@ class Settings:
     history_turns: int = 6
     answer_language: str = "auto"
     lock_wait: float = 120.0
+    # With RAG_CHROMA_URL: an indexer's lease on the server lapses this long after its
+    # last write, so a crashed indexer blocks others at most this long.
+    chroma_lease: float = 300.0
     # `rag serve`: loopback unless told otherwise; any other address needs RAG_API_KEY.
     serve_host: str = "127.0.0.1"
     serve_port: int = 8765

@@ -26,7 +26,8 @@ from rag.ingest import IngestError, read_document, scan_folder
 from rag.models import embedder_identity, load_embedder
 from rag.ocr import OcrOptions
 from rag.records import Chunk, Document, Skipped, UserError
-from rag.store import INDEX_LOCK_NAME, Store, StoreError, remove_store
+from rag.server_manifest import Lease, server_lease
+from rag.store import INDEX_LOCK_NAME, Store, StoreError, connect_server, remove_store
 
 # Chunks embedded and written per group: big enough to keep the embedder busy, small
 # enough that a killed run loses little work.
@@ -285,14 +286,36 @@ def index_folder(
 ) -> IndexReport:
     """Index `settings.docs_dir` into `settings.store_dir`, incrementally."""
     factory = embedder_factory or (lambda: load_embedder(settings))
-    with store_lock(settings.store_dir, settings.lock_wait):
+    with store_lock(settings.store_dir, settings.lock_wait), writer_lease(settings) as lease:
         if rebuild:
             remove_store(settings)
         store = Store(settings, embedder_identity(settings), create=True, rebuild=rebuild)
         try:
+            store.manifest.hold(lease)
             return Indexer(settings, store, factory, progress).run()
         finally:
             store.close()
+
+
+@contextmanager
+def writer_lease(settings: Settings) -> Iterator[Lease | None]:
+    """With a Chroma server, the lease that keeps indexers on other machines out
+    (rag.server_manifest); the local index.lock cannot see them."""
+    if not settings.chroma_url:
+        yield None
+        return
+    connection = connect_server(settings.chroma_url)
+    try:
+        with server_lease(
+            connection.client,
+            settings.collection,
+            settings.chroma_url,
+            settings.chroma_lease,
+            settings.lock_wait,
+        ) as lease:
+            yield lease
+    finally:
+        connection.close()
 
 
 __all__ = ["IndexReport", "StoreError", "index_folder", "store_lock"]

@@ -95,6 +95,10 @@ class Manifest:
                 raise
             self.db.execute("COMMIT")
 
+    def hold(self, lease: object) -> None:
+        """Nothing to do: the store folder's index.lock already keeps a second local
+        indexer out (rag.server_manifest needs a lease across machines)."""
+
     def get_meta(self, key: str) -> str | None:
         with self._lock:
             row = self.db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()

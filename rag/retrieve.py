@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from typing import Protocol, TypeVar
 
@@ -413,13 +414,22 @@ def document_biases(
     return np.array(rows, dtype=np.float32).reshape(len(rows), dim), group_of
 
 
+_QUERY_POOL = ThreadPoolExecutor(8, thread_name_prefix="chroma-query")
+
+
 def _server_balanced_query(store: Store, vector: np.ndarray, n: int) -> list[tuple[Chunk, float]]:
     biases = _cached(store, "biases", lambda: language_biases(store.language_centroids()))
     unit = np.asarray(vector, dtype=np.float32) / max(float(np.linalg.norm(vector)), 1e-12)
+    languages = list(biases)
+    # One request per language, all in flight at once: the server answers them in
+    # parallel, so a question waits for the slowest language, not for their sum.
+    found = _QUERY_POOL.map(
+        lambda lang: store.query(vector, n, where={"language": lang}), languages
+    )
     scored: list[tuple[float, Chunk, float]] = []
-    for language, bias in biases.items():
-        share = float(np.dot(unit, bias))  # as DenseIndex.query: the mean, not normalized
-        for chunk, similarity in store.query(vector, n, where={"language": language}):
+    for language, hits in zip(languages, found, strict=True):
+        share = float(np.dot(unit, biases[language]))  # as DenseIndex.query: not normalized
+        for chunk, similarity in hits:
             scored.append((similarity - share, chunk, similarity))
     scored.sort(key=lambda row: (-row[0], row[1].chunk_id))
     return [(chunk, similarity) for _, chunk, similarity in scored[:n]]
@@ -496,8 +506,13 @@ T = TypeVar("T")
 
 
 def keyword_index_for(store: Store) -> KeywordIndex:
-    """The keyword index of the store's chunks, rebuilt only when the index changed."""
-    return _cached(store, "keyword", lambda: KeywordIndex(store.all_chunks()))
+    """The keyword index of the store's chunks, rebuilt only when the index changed:
+    a real store's is saved in its folder and updated there (rag.keyword_cache)."""
+    if not isinstance(store, Store):  # tests' stand-ins have no folder
+        return _cached(store, "keyword", lambda: KeywordIndex(store.all_chunks()))
+    from rag.keyword_cache import load_keyword_index
+
+    return _cached(store, "keyword", lambda: load_keyword_index(store))
 
 
 def dense_index_for(store: Store) -> DenseIndex:

@@ -24,6 +24,7 @@ from rag.config import Settings
 from rag.files import FileLock, file_identity
 from rag.manifest import MANIFEST_FILES, MANIFEST_NAME, FileRecord, Manifest, StoreError
 from rag.records import Chunk, UserError, one_line
+from rag.server_manifest import ServerManifest, manifest_name
 
 if TYPE_CHECKING:
     from chromadb.api import ClientAPI
@@ -36,6 +37,7 @@ CHROMA_DIR_NAME = "chroma"
 STORE_FORMAT = "1"
 ACCESS_LOCK_NAME = "chroma.lock"
 INDEX_LOCK_NAME = "index.lock"  # rag.indexer's; named here to recognize a store folder
+KEYWORD_DIR_NAME = "keyword"  # rag.keyword_cache's saved BM25 indexes
 # Chroma caps one write; stay well under it.
 WRITE_BATCH = 1000
 # Rows per read: Chroma caps one read too, and a page of embeddings is ~8 MB.
@@ -105,6 +107,9 @@ def _connect_server(chroma_url: str) -> _Connection:
         ) from exc
     return _Connection(client)
 
+
+# For the indexer's lease (rag.server_manifest), which needs a client of its own.
+connect_server = _connect_server
 
 _SPELLINGS_LOCK = threading.Lock()
 _SPELLINGS_IN_USE: set[str] = set()
@@ -198,28 +203,36 @@ class Store:
         self.settings = settings
         self.embed_identity = embed_identity
         self.dir = settings.store_dir
-        if not create and not (self.dir / MANIFEST_NAME).exists():
+        local = not settings.chroma_url  # a server keeps the manifest too (ServerManifest)
+        if local and not create and not (self.dir / MANIFEST_NAME).exists():
             raise StoreError(f"no index in {self.dir}; run `rag index` first")
         if not rebuild:  # --rebuild writes our own files beside foreign ones, deleting none
             self._check_folder()
         self.dir.mkdir(parents=True, exist_ok=True)
-        self.manifest = Manifest(self.dir / MANIFEST_NAME)
-        # Read before Chroma is loaded: a change in between shows as not current.
-        self._opened_generation = self.manifest.generation()
-        self._manifest_file = file_identity(self.dir / MANIFEST_NAME)
         self._connection: _Connection | None = None
         self._access: FileLock | _NoLock = _NoLock()
         self._dim: int | None = None  # of the stored vectors, once known
         try:
+            self.manifest = self._open_manifest(create)
+            # Read before Chroma is loaded: a change in between shows as not current.
+            self._opened = self.freshness()
             self._check_identity(self.manifest.get_meta("embed_model"))
-            if not settings.chroma_url:
+            if local:
                 self._access = access_lock(self.dir, settings.lock_wait)
             with self._access:
-                self._connection = _connect(settings)
+                if self._connection is None:
+                    self._connection = _connect(settings)
                 self._collection = self._open_collection(self._connection.client, create)
         except BaseException:
             self.close()
             raise
+
+    def _open_manifest(self, create: bool) -> Manifest | ServerManifest:
+        if not self.settings.chroma_url:
+            return Manifest(self.dir / MANIFEST_NAME)
+        self._connection = _connect_server(self.settings.chroma_url)
+        return ServerManifest(self._connection.client, self.settings.collection,
+                              self.settings.chroma_url, create)  # fmt: skip
 
     @property
     def location(self) -> str:
@@ -233,7 +246,7 @@ class Store:
             return
         if not self.dir.is_dir():
             raise StoreError(f"the store path {self.dir} is not a folder")
-        ours = {*MANIFEST_FILES, CHROMA_DIR_NAME}
+        ours = {*MANIFEST_FILES, CHROMA_DIR_NAME, KEYWORD_DIR_NAME}
         names = {p.name for p in self.dir.iterdir()}
         if names and not names & ours and not names <= {INDEX_LOCK_NAME, ACCESS_LOCK_NAME}:
             raise StoreError(
@@ -279,19 +292,21 @@ class Store:
             self._connection = None
         self._access.close()
 
-    def freshness(self) -> tuple[int, tuple[int, int] | None]:
-        """Changes when any process changes the index: (generation, manifest file).
+    def freshness(self) -> tuple[int, object]:
+        """Changes when any process changes the index: (generation, manifest identity).
 
-        The file identity catches a `--rebuild` elsewhere, which deletes the manifest
-        and starts a new one whose generation may equal the old one.
+        The identity (the SQLite file's, or the server collection's id) catches a
+        `--rebuild` elsewhere, which starts a manifest whose generation may repeat.
         """
+        if isinstance(self.manifest, ServerManifest):
+            return self.manifest.generation(), self.manifest.identity()
         return self.manifest.generation(), file_identity(self.dir / MANIFEST_NAME)
 
     def is_current(self) -> bool:
         """False once another process changed the index after this Store was opened."""
         try:
-            return self.freshness() == (self._opened_generation, self._manifest_file)
-        except sqlite3.Error:  # the manifest was replaced or damaged: re-open to find out
+            return self.freshness() == self._opened
+        except (sqlite3.Error, UserError):  # replaced, damaged or unreachable: re-open
             return False
 
     # --- every Chroma call goes through here -----------------------------------
@@ -395,6 +410,15 @@ class Store:
     def all_ids(self) -> set[str]:
         return {i for page in self._pages([]) for i in page["ids"]}
 
+    def chunks(self, ids: Sequence[str]) -> list[Chunk]:
+        """These chunks' text and metadata (ids not found are left out)."""
+        found: list[Chunk] = []
+        for start in range(0, len(ids), READ_PAGE):
+            batch = list(ids[start : start + READ_PAGE])
+            page = self._call(lambda c, b=batch: c.get(ids=b, include=["documents", "metadatas"]))
+            found.extend(chunk for _, chunk in _chunks(page))
+        return found
+
     def all_chunks(self) -> list[Chunk]:
         """Every chunk's text and metadata (no vectors): for keyword search."""
         pages = self._pages(["documents", "metadatas"])
@@ -486,8 +510,9 @@ def remove_store(settings: Settings) -> None:
     if settings.chroma_url:
         connection = _connect_server(settings.chroma_url)  # unreachable: nothing deleted
         try:
-            with contextlib.suppress(Exception):  # an absent collection is fine
-                connection.client.delete_collection(settings.collection)
+            for name in (settings.collection, manifest_name(settings.collection)):
+                with contextlib.suppress(Exception):  # an absent collection is fine
+                    connection.client.delete_collection(name)
         finally:
             connection.close()
     else:
