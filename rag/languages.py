@@ -8,9 +8,6 @@ that open a follow-up or point back to the previous turn) and the UI's choices. 
 refusal and intro messages are prompt files (prompts/refusal.json,
 prompts/extractive_intro.json); tests/test_languages.py checks that they, the detector
 and this table agree.
-
-`writes` is how well the packaged LLM (Qwen2.5 1.5B) writes a language, as measured by
-`rag eval` on tests/qa/languages.jsonl (README, "Languages").
 """
 
 from __future__ import annotations
@@ -38,7 +35,6 @@ class LanguageInfo:
     # Definite articles: a short question naming nothing that speaks of "the name" or
     # "die Plattform" speaks of something the conversation introduced.
     definite: tuple[str, ...] = ()
-    writes: str = "well"  # the packaged LLM writes it "well", "fairly" or "poorly"
 
 
 def _months(spellings: str) -> tuple[tuple[str, ...], ...]:
@@ -145,7 +141,6 @@ LANGUAGES: dict[str, LanguageInfo] = {
             (),
             ("den", "dem", "detta", "dessa", "han", "hon", "honom", "henne", "hans",
              "hennes", "deras", "av det", "om det", "för det"),
-            "fairly",
         ),
         LanguageInfo(
             "fr", "French", "Français", ("FRENCH",), "french", True,
@@ -186,7 +181,6 @@ LANGUAGES: dict[str, LanguageInfo] = {
             ("а ", "і ", "й ", "а як щодо", "а що"),
             (),
             ("він", "вона", "воно", "вони", "його", "її", "їх", "там", "цей", "ця", "ці"),
-            "fairly",
         ),
         LanguageInfo(
             "pl", "Polish", "Polski", ("POLISH",), "polish", True,
@@ -200,7 +194,6 @@ LANGUAGES: dict[str, LanguageInfo] = {
             ("a ", "i ", "a co z", "co z", "a jak"),
             (),
             ("on", "ona", "ono", "oni", "one", "jego", "jej", "ich", "tam", "ten", "ta", "te"),
-            "fairly",
         ),
         LanguageInfo(
             "ja", "Japanese", "日本語", ("JAPANESE",), None, False,
@@ -210,7 +203,6 @@ LANGUAGES: dict[str, LanguageInfo] = {
             ("では", "じゃあ", "それでは", "また"),
             ("は？", "は?", "はどう？", "はどうですか"),
             ("それ", "その", "そこ", "彼", "彼女"),
-            "fairly",
         ),
         LanguageInfo(
             "zh", "Chinese", "中文", ("CHINESE",), None, False,
