@@ -20,12 +20,17 @@ from rag.support import (
     evidence_names,
     facts,
     missing,
+    name_stated,
     names_known_in,
     names_only,
     says_not_found,
     unknown_names,
 )
 from rag.tuning import ATTACH_MIN_SIMILARITY
+
+# A name in more than this share of the retrieved passages is not checked (see
+# _discriminating). Set by hand; not measured.
+UBIQUITOUS_SHARE = 0.5
 
 
 @dataclass
@@ -118,12 +123,13 @@ class ClaimChecker:
         question naming one of them must find it in its sentence); else the sources'."""
         self.sources = sources
         chunks = {id(h.chunk): h.chunk for h in (hits or [s.hit for s in sources])}
-        self.known = evidence_names((c.text, c.language) for c in chunks.values())
+        self.known = _discriminating(
+            evidence_names((c.text, c.language) for c in chunks.values()),
+            [c.text for c in chunks.values()],
+        )
         asked = facts(question)
         self.given = Facts(asked.numbers, asked.dates, frozenset())  # not its names
-        # not the question: an entity only the question names is one the corpus does
-        # not know ("Tour de France"), and a claim about it has no source
-        self._texts = [c.text for c in chunks.values()]
+        self._texts = [question, *(c.text for c in chunks.values())]
         self.language = language  # of the reply
         self._contexts: dict[tuple[int, int], str] = {}
 
@@ -189,6 +195,17 @@ class ClaimChecker:
                 text = chunk[before[-1] : sentence.end] if before else text
             self._contexts[key] = text
         return self._contexts[key]
+
+
+def _discriminating(names: set[str], texts: list[str]) -> set[str]:
+    """The names only some passages mention: one in most of them ("Vietnam" in a folder
+    about Vietnam) tells no sentence from another, so no claim has to find it in its
+    sentence."""
+    return {
+        name
+        for name in names
+        if sum(name_stated(name, text) for text in texts) <= UBIQUITOUS_SHARE * len(texts)
+    }
 
 
 def _closest(sentences: list[Sentence], vector: np.ndarray) -> Sentence:

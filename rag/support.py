@@ -35,6 +35,7 @@ _SPACE_GROUP = re.compile(r"(?<=\d)[ \u00a0\u202f](?=\d{3}(?!\d))")
 _FIGURE = re.compile(r"\d+(?:[.,]\d+)*")
 _WORD = re.compile(r"[^\W\d_][\w'’-]*")
 _MIN_NAME_KEY = 3  # shorter skeletons ("h" of "Hue") match too many words
+_MIN_WORD_KEY = 4  # a single word's ("Công" -> "cng" is a common Vietnamese word)
 _NAME_WORD = re.compile(r"[^\W\d_][\w'’]*")
 NOUN_CAPITALIZING = frozenset({"de"})
 
@@ -163,8 +164,12 @@ def _keys(runs: Iterable[list[str]], single_words: bool = True) -> set[str]:
         run = [word for word in run if not is_english_word(word)]
         for i in range(len(run)):
             for j in range(i + (1 if single_words else 2), len(run) + 1):
-                keys.add(name_skeleton(latin_key(" ".join(run[i:j]))))
-    return {key for key in keys if len(key) >= _MIN_NAME_KEY}
+                key = name_skeleton(latin_key(" ".join(run[i:j])))
+                # one short word is a name only as an acronym ("FPT"), not "Công"
+                short = j - i == 1 and not run[i].isupper()
+                if len(key) >= (_MIN_WORD_KEY if short else _MIN_NAME_KEY):
+                    keys.add(key)
+    return keys
 
 
 def _sequences(text: str) -> set[str]:
@@ -218,7 +223,11 @@ def missing(claim: Facts, evidence: str, given: Facts, context: str | None = Non
     sequences = _sequences(context or evidence) if claim.names else set()
     return Facts(
         claim.numbers - stated.numbers - given.numbers,
-        claim.dates - stated.dates - given.dates,
+        frozenset(
+            date
+            for date in claim.dates - stated.dates - given.dates
+            if not _day_in_range(date, stated)
+        ),
         frozenset(
             name for name in claim.names if not any(seq.startswith(name) for seq in sequences)
         ),
@@ -235,8 +244,13 @@ def unknown_names(claim: str, texts: Sequence[str], language: str = "") -> list[
     for text in texts:
         known |= _sequences(text)
     unknown = []
+    months = month_spellings()
     for run in name_runs(claim):
-        words = [word for word in run if not is_english_word(word) and len(word) > 3]
+        words = [
+            word
+            for word in run
+            if not is_english_word(word) and len(word) > 3 and word.lower() not in months
+        ]
         if not words or (language in NOUN_CAPITALIZING and len(words) == 1):
             continue
         keys = {name_skeleton(latin_key(w)) for w in words} | {
@@ -250,6 +264,18 @@ def unknown_names(claim: str, texts: Sequence[str], language: str = "") -> list[
 
 def names_only(stated: Facts) -> Facts:
     return Facts(frozenset(), frozenset(), stated.names)
+
+
+def _day_in_range(date: str, stated: Facts) -> bool:
+    """A claimed day of a month that the evidence states as a number beside that month
+    ("12 December" from "12. til 14. desember")."""
+    day, _, month = date.partition("m")
+    return bool(day) and f"m{month}" in stated.dates and day[1:] in stated.numbers
+
+
+def name_stated(name: str, text: str) -> bool:
+    """Whether `text` states the name (a skeleton, as `missing` looks for it)."""
+    return any(seq.startswith(name) for seq in _sequences(text))
 
 
 def names_known_in(text: str, known: set[str]) -> bool:
