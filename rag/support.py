@@ -35,6 +35,7 @@ _SPACE_GROUP = re.compile(r"(?<=\d)[ \u00a0\u202f](?=\d{3}(?!\d))")
 _FIGURE = re.compile(r"\d+(?:[.,]\d+)*")
 _WORD = re.compile(r"[^\W\d_][\w'’-]*")
 _MIN_NAME_KEY = 3  # shorter skeletons ("h" of "Hue") match too many words
+MAX_NAME_WORDS = 6  # "Героя Труда Хоанг Дык Тхао"
 _MIN_WORD_KEY = 4  # a single word's ("Công" -> "cng" is a common Vietnamese word)
 _NAME_WORD = re.compile(r"[^\W\d_][\w'’]*")
 NOUN_CAPITALIZING = frozenset({"de"})
@@ -160,8 +161,7 @@ def _keys(runs: Iterable[list[str]], single_words: bool = True) -> set[str]:
     ("Lam Dong Province": "lamdong", "dongprovince", ...); single words only with
     `single_words`. English Title Case words are no names ("Ministry of ...")."""
     keys = set()
-    for run in runs:
-        run = [word for word in run if not is_english_word(word)]
+    for run in _split_at_english(runs):
         for i in range(len(run)):
             for j in range(i + (1 if single_words else 2), len(run) + 1):
                 key = name_skeleton(latin_key(" ".join(run[i:j])))
@@ -172,14 +172,30 @@ def _keys(runs: Iterable[list[str]], single_words: bool = True) -> set[str]:
     return keys
 
 
+def _split_at_english(runs: Iterable[list[str]]) -> list[list[str]]:
+    """The runs cut at their English Title Case words ("Ministry of Science"): the
+    parts between them are the names ("Die Resolution Nr." -> "Die", "Nr.")."""
+    parts: list[list[str]] = []
+    for run in runs:
+        current: list[str] = []
+        for word in run:
+            if is_english_word(word):
+                parts.append(current)
+                current = []
+            else:
+                current.append(word)
+        parts.append(current)
+    return [part for part in parts if part]
+
+
 def _sequences(text: str) -> set[str]:
-    """Name skeletons of every sequence of up to 4 words of `text`, whatever their
-    case: where a name is looked for."""
+    """Name skeletons of every sequence of up to MAX_NAME_WORDS words of `text`,
+    whatever their case: where a name is looked for."""
     words = [latin_key(m.group()) for m in _words(text)]
     return {
         name_skeleton("".join(words[i:j]))
         for i in range(len(words))
-        for j in range(i + 1, min(i + 5, len(words) + 1))
+        for j in range(i + 1, min(i + MAX_NAME_WORDS + 1, len(words) + 1))
     }
 
 
@@ -318,10 +334,16 @@ def verify_claims(answer: str, quotes: dict[int, list[str]], question: str = "")
     asked = facts(question)
     given = Facts(asked.numbers, asked.dates, frozenset())
     checks = []
-    for claim in claims(answer):
-        stated = facts(claim.text, known)
-        if not claim.text or (not stated and not claim.numbers):
-            continue
-        cited = [quote for n in claim.numbers for quote in quotes.get(n, [])]
-        checks.append(bool(cited) and covers(stated, cited, given))
+    for line in answer.splitlines():
+        # a marker at the end of a line cites the line's sentences before it too (a
+        # quoted passage of several sentences carries one marker)
+        line_claims = claims(line)
+        line_numbers = tuple(dict.fromkeys(n for c in line_claims for n in c.numbers))
+        for claim in line_claims:
+            stated = facts(claim.text, known)
+            numbers = claim.numbers or line_numbers
+            if not claim.text or (not stated and not numbers):
+                continue
+            cited = [quote for n in numbers for quote in quotes.get(n, [])]
+            checks.append(bool(cited) and covers(stated, cited, given))
     return checks
