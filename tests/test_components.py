@@ -461,8 +461,8 @@ STEPS = [
     | {"ocr", "ingest"},
     {"chunking"},
     {"models", "e5_folder", "e5_onnx", "e5_remote", "gguf", "manifest", "store", "indexer"}
-    | {"watch"},
-    {"keyword", "retrieve", "gate"},
+    | {"watch", "server_manifest"},
+    {"keyword", "keyword_cache", "retrieve", "gate"},
     {"citations", "llm", "support", "answer", "grounding", "conversation", "stages"},
     {"components"},
     {"engine"},

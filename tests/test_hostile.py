@@ -39,7 +39,7 @@ EXPECTED_SKIPS = {
     "binary.txt": "binary content",
     "corrupt.pdf": "corrupt PDF",
     "encrypted.pdf": "encrypted PDF",
-    "table.xlsx": "unsupported file type (.xlsx)",
+    "table.xlsx": "corrupt .xlsx file",  # a spreadsheet that is no ZIP container
     "huge.txt": "file too large (52,428,801 bytes, limit 52,428,800 bytes)",
     "link_outside.txt": "symbolic link to outside the documents folder",
     "loop.txt": "symbolic link loop",
