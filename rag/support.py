@@ -24,7 +24,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from functools import cache
+from functools import cache, lru_cache
 
 from rag.languages import LANGUAGES, month_spellings, not_found_phrases
 from rag.names import is_english_word, latin_key, name_skeleton, starts_sentence
@@ -33,8 +33,8 @@ from rag.names import is_english_word, latin_key, name_skeleton, starts_sentence
 # or group marks ("1,6", "1.600", "3-3,5" -> "3", "3,5").
 _SPACE_GROUP = re.compile(r"(?<=\d)[ \u00a0\u202f](?=\d{3}(?!\d))")
 _FIGURE = re.compile(r"\d+(?:[.,]\d+)*")
-_WORD = re.compile(r"[^\W\d_][\w'’-]*")
 _MIN_NAME_KEY = 3  # shorter skeletons ("h" of "Hue") match too many words
+SEQUENCE_CACHE = 4096  # texts (passages, sentences, contexts) of recent answers
 MAX_NAME_WORDS = 6  # "Героя Труда Хоанг Дык Тхао"
 _MIN_WORD_KEY = 4  # a single word's ("Công" -> "cng" is a common Vietnamese word)
 _NAME_WORD = re.compile(r"[^\W\d_][\w'’]*")
@@ -188,15 +188,19 @@ def _split_at_english(runs: Iterable[list[str]]) -> list[list[str]]:
     return [part for part in parts if part]
 
 
-def _sequences(text: str) -> set[str]:
+@lru_cache(maxsize=SEQUENCE_CACHE)
+def _sequences(text: str) -> frozenset[str]:
     """Name skeletons of every sequence of up to MAX_NAME_WORDS words of `text`,
-    whatever their case: where a name is looked for."""
+    whatever their case: where a name is looked for. Cached: one answer looks in the
+    same passages and sentences for every claim and every name."""
     words = [latin_key(m.group()) for m in _words(text)]
-    return {
-        name_skeleton("".join(words[i:j]))
-        for i in range(len(words))
-        for j in range(i + 1, min(i + MAX_NAME_WORDS + 1, len(words) + 1))
-    }
+    return frozenset(
+        {
+            name_skeleton("".join(words[i:j]))
+            for i in range(len(words))
+            for j in range(i + 1, min(i + MAX_NAME_WORDS + 1, len(words) + 1))
+        }
+    )
 
 
 def evidence_names(sentences: Iterable[tuple[str, str]]) -> set[str]:
