@@ -199,13 +199,11 @@ class Engine:
             yield Delta(answer.answer)
         yield Finished(answer)
 
-    def refusal_threshold(self, checked: bool = False) -> float:
-        """The dense similarity below which the gate refuses (rag.stages.gate); lower
-        when an LLM's answer follows, whose claims are checked (rag.gate)."""
-        from rag.gate import GATE_QUANTILE, GATE_QUANTILE_CHECKED, refusal_threshold
+    def refusal_threshold(self) -> float:
+        """The dense similarity below which the gate refuses (rag.stages.gate)."""
+        from rag.gate import refusal_threshold  # RAG_REFUSAL_THRESHOLD, or calibrated
 
-        quantile = GATE_QUANTILE_CHECKED if checked else GATE_QUANTILE
-        return refusal_threshold(self.store(), self.embedder, self.settings, quantile)
+        return refusal_threshold(self.store(), self.embedder, self.settings)
 
     def pipeline(self, backend: ChatBackend | None, query: str, vector: np.ndarray) -> Pipeline:
         """How an answer retrieves and picks its evidence. With an LLM, as llama-index

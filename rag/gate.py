@@ -54,14 +54,12 @@ if TYPE_CHECKING:
 
 META_KEY = "refusal_gate"
 VERSION = 1
-# The share of general questions the gate refuses on any corpus (see the docstring),
-# before a quoted answer, which nothing checks after the gate.
+# The share of general questions the gate refuses on any corpus (see the docstring).
+# The same before an LLM's answer as before a quoted one: measured lower there (0.5:
+# xquad-dev false refusals 24 % -> 4.6 %), the 1.5B local model answered off-topic
+# questions that passed ("how to cook borscht", "who won the Tour de France") from
+# unrelated sources on the conversation set (topic switches refused 7 of 11).
 GATE_QUANTILE = 0.8
-# The same before an LLM's answer. Measured lower (0.5: xquad-dev false refusals 24 % ->
-# 4.6 %), the 1.5B local model answered off-topic questions that passed ("how to cook
-# borscht", "who won the Tour de France") from unrelated sources on the conversation
-# set (topic switches refused 7 of 11), so it stays as strict as for quoted answers.
-GATE_QUANTILE_CHECKED = GATE_QUANTILE
 # Recalibrate once more than this share of the files were added, removed or changed.
 RECALIBRATE_CHANGE = 0.1
 # With no calibration possible (an empty store), the seeds' hand-calibrated value.
@@ -246,33 +244,26 @@ def calibration_for(store: Store, embedder: QueryEmbedder, k: int) -> Calibratio
     return fresh
 
 
-# (store location, collection, quantile) -> (manifest generation, threshold): one SQLite
-# read a question, as the retrieval caches.
-_CACHE: dict[tuple[str, str, float], tuple[int, float]] = {}
+# (store location, collection) -> (manifest generation, threshold): one SQLite read a
+# question, as the retrieval caches.
+_CACHE: dict[tuple[str, str], tuple[int, float]] = {}
 _CACHE_LOCK = threading.Lock()
 
 
-def refusal_threshold(
-    store: Store, embedder: QueryEmbedder, settings: Settings, quantile: float = GATE_QUANTILE
-) -> float:
+def refusal_threshold(store: Store, embedder: QueryEmbedder, settings: Settings) -> float:
     """The threshold for the open store: RAG_REFUSAL_THRESHOLD when it is a number,
-    else ("auto") the store's calibration at `quantile`."""
+    else ("auto") the store's calibration."""
     configured = settings.refusal_threshold
     if not (isinstance(configured, str) and configured == "auto"):
         return float(configured)
-    key = (store.location, settings.collection, quantile)
+    key = (store.location, settings.collection)
     generation = store.manifest.generation()
     with _CACHE_LOCK:
         cached = _CACHE.get(key)
     if cached is not None and cached[0] == generation:
         return cached[1]
     # Not under the lock: calibrating searches, and searching fills other caches.
-    calibration = calibration_for(store, embedder, settings.top_k)
-    threshold = (
-        calibration.threshold
-        if quantile == calibration.quantile
-        else threshold_at(calibration.scores, quantile)
-    )
+    threshold = calibration_for(store, embedder, settings.top_k).threshold
     with _CACHE_LOCK:
         _CACHE[key] = (generation, threshold)
     return threshold

@@ -96,11 +96,9 @@ def retrieve(engine: Engine, turn: Turn) -> list[Hit]:
 
 
 def gate(engine: Engine, turn: Turn) -> bool:
-    """Refuse when nothing retrieved is close enough to the question to hold an answer
-    (less strict before an LLM's answer, whose claims are checked)."""
+    """Refuse when nothing retrieved is close enough to the question to hold an answer."""
     confidence = max((h.dense_score or 0.0 for h in turn.hits), default=0.0)
-    threshold = engine.refusal_threshold(checked=turn.backend is not None)
-    return not turn.hits or confidence < threshold
+    return not turn.hits or confidence < engine.refusal_threshold()
 
 
 def evidence(engine: Engine, turn: Turn) -> list[Source]:
