@@ -11,10 +11,13 @@ Embedding 100,000 chunks on a 2-core CPU takes hours, so:
    their chunks straight into the store with their manifest records (no embedder);
 3. per store (embedded, server): the no-op re-index time (median of 3), then two fresh
    querying processes (Engine.search, the real path with query embedding, over the 70
-   golden questions): the first builds the keyword index from the store, the second
-   loads the one the first saved (rag.keyword_cache). Each reports retrieval p50/p95,
-   the keyword index's start-up time and memory, the dense start-up (first search) and
-   its peak RSS. The server's querying processes use an EMPTY store folder.
+   golden questions): the first builds the store's snapshot (keyword index and
+   vectors, rag.keyword_cache) from the store, the second loads the one the first
+   saved. Each reports retrieval p50/p95, the snapshot's start-up time and memory, the
+   dense start-up (first search) and its peak RSS. The server's querying processes
+   use an EMPTY store folder; with a server, a third pair ranks as a store above
+   LOCAL_VECTORS_MAX does (by the server, `server_queries` counting its queries).
+   With --work of an earlier run, its stores are measured again, not rebuilt.
 
     nice .venv/bin/python bench/scale.py --sizes 10000 100000 --sample 2000
 """
@@ -176,23 +179,36 @@ def noop_reindex(settings: Settings) -> list[float]:
 
 
 def query_worker(settings_json: str) -> dict[str, Any]:
-    """In a fresh process: keyword start-up, dense start-up, retrieval latencies."""
+    """In a fresh process: snapshot start-up, dense start-up, retrieval latencies."""
+    import rag.keyword_cache
     from rag.engine import Engine
     from rag.retrieve import keyword_index_for
+    from rag.store import Store
 
     values = json.loads(settings_json)
+    if "local_vectors_max" in values:  # 0: the server ranks (a store above the limit)
+        rag.keyword_cache.LOCAL_VECTORS_MAX = values.pop("local_vectors_max")
+    asked = {"unfiltered": 0, "filtered": 0}
+    nearest = Store.nearest
+
+    def counted(self: Store, *args: Any, where: Any = None) -> Any:
+        asked["filtered" if where else "unfiltered"] += 1
+        return nearest(self, *args, where=where)
+
+    Store.nearest = counted  # type: ignore[method-assign]
     engine = Engine(Settings.from_env(**values))
     questions = [json.loads(line)["question"] for line in GOLDEN.read_text().splitlines()]
     engine.embedder.embed_query("warm up")
     store = engine.store()
     before, started = rss_mb(), time.perf_counter()
-    keyword_index_for(store)
-    keyword_s = time.perf_counter() - started
-    keyword_mb = rss_mb() - before
+    keyword_index_for(store)  # loads or builds the whole snapshot
+    snapshot_s = time.perf_counter() - started
+    snapshot_mb = rss_mb() - before
     started = time.perf_counter()
     engine.search(questions[0])  # loads the dense index (embedded) or the biases (server)
     first_s = time.perf_counter() - started
     latencies = []
+    asked.update(unfiltered=0, filtered=0)
     for question in questions:
         started = time.perf_counter()
         hits = engine.search(question)
@@ -200,13 +216,14 @@ def query_worker(settings_json: str) -> dict[str, Any]:
         assert hits, question
     latencies.sort()
     return {
-        "keyword_startup_s": round(keyword_s, 2),
-        "keyword_rss_mb": round(keyword_mb),
+        "snapshot_startup_s": round(snapshot_s, 2),
+        "snapshot_rss_mb": round(snapshot_mb),
         "first_search_s": round(first_s, 2),
         "queries": len(latencies),
         "p50_ms": round(statistics.median(latencies), 1),
         "p95_ms": round(latencies[int(0.95 * (len(latencies) - 1))], 1),
         "peak_rss_mb": round(peak_rss_mb()),
+        "server_queries": asked,
     }
 
 
@@ -226,15 +243,20 @@ def measure(values: dict[str, Any], query_values: dict[str, Any]) -> dict[str, A
     noop = noop_reindex(Settings.from_env(**values))
     cold = run_query_process(query_values)  # builds the keyword index, saves it
     warm = run_query_process(query_values)  # loads it
-    return {
+    result = {
         "noop_reindex_s_median": round(statistics.median(noop), 2),
         "noop_reindex_s": [round(t, 2) for t in noop],
-        "keyword_build_s": cold["keyword_startup_s"],
-        "keyword_load_s": warm["keyword_startup_s"],
-        "keyword_rss_mb": warm["keyword_rss_mb"],
-        "query_cold_keyword": cold,
+        "snapshot_build_s": cold["snapshot_startup_s"],
+        "snapshot_load_s": warm["snapshot_startup_s"],
+        "snapshot_rss_mb": warm["snapshot_rss_mb"],
+        "query_cold_snapshot": cold,
         "query": warm,
     }
+    if query_values.get("chroma_url"):  # a store above LOCAL_VECTORS_MAX: the server ranks
+        ranked = query_values | {"store_dir": query_values["store_dir"] + "-ranked"}
+        run_query_process(ranked | {"local_vectors_max": 0})  # builds its snapshot
+        result["query_server_ranks"] = run_query_process(ranked | {"local_vectors_max": 0})
+    return result
 
 
 def start_chroma(data: Path) -> tuple[subprocess.Popen[bytes], str]:
@@ -252,25 +274,35 @@ def process_rss_mb(pid: int) -> float:
     return 0.0
 
 
-def one_size(work: Path, size: int, base: list[Chunk], vectors: np.ndarray, noise: float) -> dict:
+def one_size(
+    work: Path, size: int, base: list[Chunk], vectors: np.ndarray, noise: float, keep: bool
+) -> dict:
     docs = work / f"docs-{size}"
-    files = synthetic(docs, size, base, vectors, noise, seed=size)
-    result: dict[str, Any] = {"chunks": size, "files": len(files)}
+    reuse = keep and (work / f"store-{size}").exists()  # --work of an earlier run
+    files = [] if reuse else synthetic(docs, size, base, vectors, noise, seed=size)
+    result: dict[str, Any] = {"chunks": size, "files": len(files) or len(list(docs.iterdir()))}
     embedded = {"docs_dir": str(docs), "store_dir": str(work / f"store-{size}")}
-    result["embedded"] = {"build_s": round(fill_store(Settings.from_env(**embedded), files), 1)}
-    result["embedded"] |= measure(embedded, embedded)
+    if reuse:  # measured again: the saved snapshots go, so the first process builds one
+        for folder in ("store", "server", "empty"):
+            shutil.rmtree(work / f"{folder}-{size}" / "keyword", ignore_errors=True)
+    else:
+        built = fill_store(Settings.from_env(**embedded), files)
+        result["embedded"] = {"build_s": round(built, 1)}
+    result["embedded"] = result.get("embedded", {}) | measure(embedded, embedded)
     chroma, url = start_chroma(work / f"chroma-{size}")
     try:
         server = {"docs_dir": str(docs), "store_dir": str(work / f"server-{size}"),
                   "chroma_url": url}  # fmt: skip
-        built = fill_store(Settings.from_env(**server), files)
         empty = server | {"store_dir": str(work / f"empty-{size}")}  # another machine
-        result["server"] = {"build_s": round(built, 1)} | measure(server, empty)
+        result["server"] = {} if reuse else {
+            "build_s": round(fill_store(Settings.from_env(**server), files), 1)}  # fmt: skip
+        result["server"] |= measure(server, empty)
         result["server"]["chroma_server_rss_mb"] = round(process_rss_mb(chroma.pid))
     finally:
         chroma.terminate()
         chroma.wait(timeout=60)
-    shutil.rmtree(docs, ignore_errors=True)
+    if not keep:
+        shutil.rmtree(docs, ignore_errors=True)
     return result
 
 
@@ -281,6 +313,11 @@ def main() -> None:
     parser.add_argument("--sample", type=int, default=2000, help="real chunks to embed")
     parser.add_argument("--noise", type=float, default=0.02)
     parser.add_argument("--work", type=Path, help="keep the stores here (default: temporary)")
+    parser.add_argument(
+        "--base-store", type=Path, action="append",
+        help="take the real chunks and vectors from this store instead of embedding a "
+        "sample (repeatable; skips the cold index measurement)",
+    )  # fmt: skip
     args = parser.parse_args()
     if args.query:
         print(json.dumps(query_worker(args.query)))
@@ -297,20 +334,31 @@ def run(work: Path, args: argparse.Namespace) -> None:
     from rag.models import embedder_identity
     from rag.store import Store
 
-    sample_corpus(work / "sample", args.sample, random.Random(0))
     result: dict[str, Any] = {"cpus": os.cpu_count(), "load_average": os.getloadavg()[0]}
-    result["cold_index"] = cold_index(work)
-    settings = Settings.from_env(store_dir=work / "sample-in_process")
-    store = Store(settings, embedder_identity(settings), create=False)
-    base, vectors = store.all_chunks_and_embeddings()
-    store.close()
+    if args.base_store:
+        stores = args.base_store
+    else:
+        sample_corpus(work / "sample", args.sample, random.Random(0))
+        result["cold_index"] = cold_index(work)
+        stores = [work / "sample-in_process"]
+    base, parts = [], []
+    for folder in stores:
+        settings = Settings.from_env(store_dir=folder)
+        store = Store(settings, embedder_identity(settings), create=False)
+        chunks, embeddings = store.all_chunks_and_embeddings()
+        store.close()
+        base.extend(chunks)
+        parts.append(np.asarray(embeddings, dtype=np.float32))
+    vectors = np.concatenate(parts)
     result["vectors"] = (
         f"real e5 vectors of {len(base)} distinct sample chunks, reused with Gaussian "
         f"noise sigma {args.noise} (then normalized); texts recombined per chunk"
     )
     print(json.dumps(result), file=sys.stderr, flush=True)
     for size in args.sizes:
-        result[str(size)] = one_size(work, size, base, vectors, args.noise)
+        result[str(size)] = one_size(
+            work, size, base, vectors, args.noise, keep=args.work is not None
+        )
         print(json.dumps(result[str(size)]), file=sys.stderr, flush=True)
     result["load_average_end"] = os.getloadavg()[0]
     print(json.dumps(result, indent=2))

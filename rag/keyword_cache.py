@@ -1,4 +1,5 @@
-"""The keyword (BM25) index saved in the store folder, so a start does not refetch it.
+"""The store's snapshot saved in its folder, so a start does not refetch it: the
+keyword (BM25) index and, with a Chroma server, each document's embedding sum.
 
 Building it means fetching every chunk's text from Chroma and tokenizing it: at
 100,000 chunks that is minutes (bench/scale.py), on every process start. So the built
@@ -8,6 +9,14 @@ index change only what changed is fetched and tokenized (the manifest's chunk id
 the saved ones), and the BM25 matrix is rebuilt from the saved token ids, since every
 score depends on the whole corpus's statistics. With RAG_CHROMA_URL the folder holds
 only this file, and a machine with an empty folder builds it on its first question.
+
+It also keeps every chunk's normalized embedding, the dense ranking's matrix
+(rag.retrieve.DenseIndex): reading them from Chroma took 20 s at 100,000 chunks on
+every start, embedded or from a server. A server store of more than LOCAL_VECTORS_MAX
+chunks keeps, instead, the sum of each document's embeddings (rag.retrieve.GroupSum),
+from which the language biases come, and is ranked by the server
+(retrieve._server_balanced_query). An update fetches the new chunks' vectors only: a
+changed file has all new chunk ids (they hash its content).
 """
 
 from __future__ import annotations
@@ -23,17 +32,31 @@ from pathlib import Path
 import numpy as np
 
 from rag.keyword import KeywordIndex, Tokenized, tokenize
-from rag.store import KEYWORD_DIR_NAME, Store
+from rag.records import Chunk
+from rag.retrieve import Group, GroupSum, group_of, group_sums
+from rag.store import KEYWORD_DIR_NAME, READ_PAGE, Store
+from rag.tuning import LOCAL_VECTORS_MAX
 
-# Bumped when KeywordIndex or tokenizing changes: an old file is then rebuilt.
-FORMAT = 1
+# Bumped when KeywordIndex, tokenizing or the snapshot changes: an old file is rebuilt.
+FORMAT = 2
+
+
+@dataclass
+class Snapshot:
+    """What a querying process keeps of the store: the keyword index, and either each
+    chunk's normalized embedding (`vectors`, rows as `index.chunks`) or, for a server
+    store too large for that, each document's embedding sum (`sums`)."""
+
+    index: KeywordIndex
+    vectors: np.ndarray | None
+    sums: dict[Group, GroupSum] | None
 
 
 @dataclass
 class Saved:
     format: int
     freshness: tuple[int, object]
-    index: KeywordIndex
+    snapshot: Snapshot
 
 
 def cache_path(store: Store) -> Path:
@@ -44,32 +67,95 @@ def cache_path(store: Store) -> Path:
 
 def load_keyword_index(store: Store) -> KeywordIndex:
     """The store's keyword index: loaded, updated from the saved one, or built."""
+    return load_snapshot(store).index
+
+
+def load_snapshot(store: Store) -> Snapshot:
+    """The store's snapshot: loaded, updated from the saved one, or built."""
     # Read before the chunks: a change meanwhile leaves the file one generation behind.
     freshness = store.freshness()
+    local = not store.settings.chroma_url or store.count() <= LOCAL_VECTORS_MAX
     path = cache_path(store)
     saved = _load(path)
-    if saved is not None and saved.freshness == freshness:
-        return saved.index
-    if saved is not None and saved.freshness[1] == freshness[1]:
-        index = _update(store, saved.index)
-    else:  # none saved, or a rebuilt index: nothing to reuse
-        index = KeywordIndex(store.all_chunks())
-    _save(path, Saved(FORMAT, freshness, index))
-    return index
+    if saved is not None and (saved.snapshot.vectors is not None) == local:
+        if saved.freshness == freshness:
+            return saved.snapshot
+        if saved.freshness[1] == freshness[1]:
+            snapshot = _update(store, saved.snapshot)
+            _save(path, Saved(FORMAT, freshness, snapshot))
+            return snapshot
+    # none saved, a rebuilt index, or the other kind: nothing to reuse
+    chunks, vectors = store.all_chunks_and_embeddings()
+    vectors = _normalized(vectors)
+    if local:
+        snapshot = Snapshot(KeywordIndex(chunks), vectors, None)
+    else:
+        snapshot = Snapshot(KeywordIndex(chunks), None, group_sums(chunks, vectors))
+    _save(path, Saved(FORMAT, freshness, snapshot))
+    return snapshot
 
 
-def _update(store: Store, old: KeywordIndex) -> KeywordIndex:
-    """The index of the manifest's chunks, tokenizing only those `old` lacks."""
+def _update(store: Store, old: Snapshot) -> Snapshot:
+    """The snapshot of the manifest's chunks, fetching and tokenizing only those `old`
+    lacks (with their vectors), and summing anew the documents whose chunks changed."""
+    index = old.index
     records = store.manifest.files().values()
     wanted = [i for r in records if r.state == "done" for i in r.chunk_ids]
-    kept = [old.positions[i] for i in wanted if i in old.positions]
-    new = store.chunks([i for i in wanted if i not in old.positions])
-    rows = old.tokenized.rows()
-    vocab = dict(old.tokenized.vocab)
+    kept = [index.positions[i] for i in wanted if i in index.positions]
+    new, new_vectors = _with_vectors(
+        store, store.chunks([i for i in wanted if i not in index.positions])
+    )
+    if old.vectors is not None and not new:
+        new_vectors = new_vectors.reshape(0, old.vectors.shape[1])
+    rows = index.tokenized.rows()
+    vocab = dict(index.tokenized.vocab)
     added = tokenize(new, vocab)  # extends vocab
     all_rows = [rows[p] for p in kept] + added.rows()
-    chunks = [old.chunks[p] for p in kept] + new
-    return KeywordIndex(chunks, _compact(all_rows, vocab))
+    chunks = [index.chunks[p] for p in kept] + new
+    updated = KeywordIndex(chunks, _compact(all_rows, vocab))
+    if old.vectors is not None:
+        return Snapshot(updated, np.concatenate([old.vectors[kept], new_vectors]), None)
+    fetched = dict(zip([c.chunk_id for c in new], new_vectors, strict=True))
+    return Snapshot(updated, None, _updated_sums(store, old, chunks, fetched))
+
+
+def _with_vectors(store: Store, chunks: list[Chunk]) -> tuple[list[Chunk], np.ndarray]:
+    """These chunks with their normalized embeddings (chunks deleted meanwhile left out)."""
+    found: dict[str, np.ndarray] = {}
+    for start in range(0, len(chunks), READ_PAGE):
+        found |= store.embeddings([c.chunk_id for c in chunks[start : start + READ_PAGE]])
+    present = [c for c in chunks if c.chunk_id in found]
+    if not present:
+        return [], np.zeros((0, 0), dtype=np.float32)
+    return present, _normalized(np.stack([found[c.chunk_id] for c in present]))
+
+
+def _updated_sums(
+    store: Store, old: Snapshot, chunks: list[Chunk], fetched: dict[str, np.ndarray]
+) -> dict[Group, GroupSum]:
+    """The old sums of groups whose chunk ids are unchanged; the others summed anew
+    (a changed file has all new chunk ids, so their vectors are mostly `fetched`)."""
+    members: dict[Group, set[str]] = {}
+    for chunk in chunks:
+        members.setdefault(group_of(chunk), set()).add(chunk.chunk_id)
+    before: dict[Group, set[str]] = {}
+    for chunk in old.index.chunks:
+        before.setdefault(group_of(chunk), set()).add(chunk.chunk_id)
+    sums = old.sums or {}
+    kept = {g: sums[g] for g, ids in members.items() if g in sums and before.get(g) == ids}
+    changed = [c for c in chunks if group_of(c) not in kept]
+    others, matrix = _with_vectors(store, [c for c in changed if c.chunk_id not in fetched])
+    vectors = fetched | dict(zip([c.chunk_id for c in others], matrix, strict=True))
+    present = [c for c in changed if c.chunk_id in vectors]
+    if present:
+        kept |= group_sums(present, np.stack([vectors[c.chunk_id] for c in present]))
+    return kept
+
+
+def _normalized(vectors: np.ndarray) -> np.ndarray:
+    """float32 rows of norm 1 (an empty store's (0, 1) matrix stays as it is)."""
+    vectors = np.asarray(vectors, dtype=np.float32)
+    return vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
 
 
 def _compact(rows: list[list[int]], vocab: dict[str, int]) -> Tokenized:

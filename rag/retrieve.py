@@ -29,7 +29,7 @@ import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
-from typing import Protocol, TypeVar
+from typing import TYPE_CHECKING, Protocol, TypeVar
 
 import numpy as np
 
@@ -45,7 +45,12 @@ from rag.tuning import (
     MIN_CANDIDATES,
     MIN_LANGUAGE_CHUNKS,
     RRF_K,
+    SERVER_POOL,
+    SERVER_POOL_MAX,
 )
+
+if TYPE_CHECKING:
+    from rag.keyword_cache import Snapshot
 
 
 class QueryEmbedder(Protocol):
@@ -355,13 +360,49 @@ def language_balanced_query(store: Store, vector: np.ndarray, n: int) -> list[tu
     ranking by cosine minus it compares languages fairly (on the golden set: dense
     hit@1 0.67 -> 0.88). The returned score stays the plain cosine similarity.
 
-    An embedded store is ranked from its embeddings held in memory (DenseIndex); a
-    Chroma server keeps the vectors, so it is asked, one query per language.
+    Ranked from the embeddings held in memory (DenseIndex, from the store's saved
+    snapshot), embedded or from a Chroma server; a server store too large to hold
+    (LOCAL_VECTORS_MAX) is ranked by the server (_server_balanced_query).
     """
     store.check_dimension(len(vector))  # another embedder's vector: one clear line
-    if store.settings.chroma_url:
+    if not isinstance(store, Store):  # tests' stand-ins
+        return dense_index_for(store).query(vector, n)
+    if snapshot_for(store).vectors is None:
         return _server_balanced_query(store, vector, n)
     return dense_index_for(store).query(vector, n)
+
+
+# A document's chunks of one language: (path, language). The unit of bias balancing.
+Group = tuple[str, str]
+
+
+@dataclass(frozen=True)
+class GroupSum:
+    """The sum of one group's L2-normalized chunk embeddings, and how many there are.
+
+    Sums, not means: they add up to a language's mean and to the leave-one-out means
+    exactly, and a cache can keep one per document instead of every vector."""
+
+    vector: np.ndarray
+    count: int
+
+
+def group_sums(chunks: Sequence[Chunk], vectors: np.ndarray) -> dict[Group, GroupSum]:
+    """Each document-language group's sum of normalized embeddings."""
+    vectors = np.asarray(vectors, dtype=np.float32)
+    rows: dict[Group, list[int]] = {}
+    for i, chunk in enumerate(chunks):
+        rows.setdefault(group_of(chunk), []).append(i)
+    sums = {}
+    for group, members in rows.items():
+        block = vectors[members]
+        block = block / np.maximum(np.linalg.norm(block, axis=1, keepdims=True), 1e-12)
+        sums[group] = GroupSum(block.sum(axis=0), len(members))
+    return sums
+
+
+def group_of(chunk: Chunk) -> Group:
+    return chunk.path, chunk.language or "und"
 
 
 def language_biases(centroids: dict[str, tuple[np.ndarray, int]]) -> dict[str, np.ndarray]:
@@ -381,58 +422,162 @@ def language_biases(centroids: dict[str, tuple[np.ndarray, int]]) -> dict[str, n
     }
 
 
-def document_biases(
-    chunks: Sequence[Chunk], vectors: np.ndarray, language_of: np.ndarray, biases: np.ndarray
-) -> tuple[np.ndarray, np.ndarray]:
-    """Bias vectors with each document's own topic left out, and each chunk's row.
+def group_biases(sums: dict[Group, GroupSum]) -> dict[Group, np.ndarray]:
+    """Each group's bias vector: its language's, or its language's other documents'.
 
     A language's mean embedding also carries the topics of its documents, so
     subtracting it penalizes a chunk for its own document's topic: an article that
     answers the question raises its language's bias with it. In a language with at
     least MIN_BIAS_DOCUMENTS documents, each document's chunks get the mean of the
     language's OTHER documents' chunks (leave one document out); in a language with
-    fewer, the language's bias (`biases`) stays, since one or two other documents
-    would be their own topic, not the language. xquad-dev (4 documents a language),
-    dense hit@1 0.843 -> 0.866; articles dev00-11 0.898 -> 0.907, dev12-23 0.787 ->
-    0.824. The seeds (at most 2 documents a language) are unchanged.
+    fewer, the language's bias stays, since one or two other documents would be their
+    own topic, not the language. xquad-dev (4 documents a language), dense hit@1 0.843
+    -> 0.866; articles dev00-11 0.898 -> 0.907, dev12-23 0.787 -> 0.824. The seeds (at
+    most 2 documents a language) are unchanged.
     """
-    rows: list[np.ndarray] = [row for row in biases]
-    group_of = language_of.copy()
-    for lang in range(len(biases)):
-        members = np.flatnonzero(language_of == lang)
-        documents: dict[str, list[int]] = {}
-        for i in members.tolist():
-            documents.setdefault(chunks[i].path, []).append(i)
-        if len(documents) < MIN_BIAS_DOCUMENTS:
-            continue
-        total = vectors[members].sum(axis=0)
-        for positions in documents.values():
-            others = total - vectors[positions].sum(axis=0)
-            group_of[positions] = len(rows)
-            rows.append(others / (len(members) - len(positions)))
-    dim = vectors.shape[1] if vectors.ndim == 2 else 1
-    return np.array(rows, dtype=np.float32).reshape(len(rows), dim), group_of
+    totals: dict[str, GroupSum] = {}
+    documents: dict[str, int] = {}
+    for (_, language), part in sums.items():
+        seen = totals.get(language)
+        totals[language] = part if seen is None else GroupSum(seen.vector + part.vector,
+                                                              seen.count + part.count)  # fmt: skip
+        documents[language] = documents.get(language, 0) + 1
+    centroids = {lang: (t.vector / t.count, t.count) for lang, t in totals.items()}
+    by_language = language_biases(centroids)
+    biases = {}
+    for group, part in sums.items():
+        language = group[1]
+        rest = totals[language].count - part.count
+        if documents[language] >= MIN_BIAS_DOCUMENTS and rest > 0:
+            biases[group] = (totals[language].vector - part.vector) / rest
+        else:
+            biases[group] = by_language[language]
+    return biases
 
 
 _QUERY_POOL = ThreadPoolExecutor(8, thread_name_prefix="chroma-query")
 
 
+@dataclass
+class GroupBiases:
+    """The bias vectors of a store's groups as one matrix, for a server's candidates."""
+
+    rows: dict[Group, int]
+    matrix: np.ndarray  # [groups, dim]
+    language_rows: dict[str, np.ndarray]  # each language's rows in `matrix`
+    fallback: dict[str, np.ndarray]  # per language: its groups' mean bias (new groups)
+
+    @classmethod
+    def build(cls, sums: dict[Group, GroupSum]) -> GroupBiases:
+        biases = group_biases(sums)
+        groups = sorted(biases)
+        dim = len(next(iter(biases.values()))) if biases else 1
+        matrix = np.array([biases[g] for g in groups], dtype=np.float32).reshape(-1, dim)
+        rows = {g: i for i, g in enumerate(groups)}
+        by_language: dict[str, list[int]] = {}
+        for i, (_, language) in enumerate(groups):
+            by_language.setdefault(language, []).append(i)
+        language_rows = {lang: np.array(r) for lang, r in by_language.items()}
+        fallback = {lang: matrix[r].mean(axis=0) for lang, r in language_rows.items()}
+        return cls(rows, matrix, language_rows, fallback)
+
+    def share(self, shares: np.ndarray, chunk: Chunk, question: np.ndarray) -> float:
+        """The chunk's bias for this question, given every group's (`shares` =
+        matrix @ question); a group indexed after the snapshot gets its language's."""
+        row = self.rows.get(group_of(chunk))
+        if row is not None:
+            return float(shares[row])
+        vector = self.fallback.get(chunk.language or "und")
+        return 0.0 if vector is None else float(np.dot(vector, question))
+
+
 def _server_balanced_query(store: Store, vector: np.ndarray, n: int) -> list[tuple[Chunk, float]]:
-    biases = _cached(store, "biases", lambda: language_biases(store.language_centroids()))
-    unit = np.asarray(vector, dtype=np.float32) / max(float(np.linalg.norm(vector)), 1e-12)
-    languages = list(biases)
-    # One request per language, all in flight at once: the server answers them in
-    # parallel, so a question waits for the slowest language, not for their sum.
-    found = _QUERY_POOL.map(
-        lambda lang: store.query(vector, n, where={"language": lang}), languages
-    )
-    scored: list[tuple[float, Chunk, float]] = []
-    for language, hits in zip(languages, found, strict=True):
-        share = float(np.dot(unit, biases[language]))  # as DenseIndex.query: not normalized
-        for chunk, similarity in hits:
-            scored.append((similarity - share, chunk, similarity))
-    scored.sort(key=lambda row: (-row[0], row[1].chunk_id))
-    return [(chunk, similarity) for _, chunk, similarity in scored[:n]]
+    """The language-balanced ranking from a Chroma server, exact up to its HNSW search.
+
+    Asking the server once per language with a `where` filter costs 100-230 ms a query
+    at 100,000 chunks (bench/scale.py), so it is asked once, unfiltered, for the
+    SERVER_POOL nearest ids, which are re-ranked here by cosine minus bias. A chunk
+    beyond that pool has a cosine at most the pool's last one; while a language's least
+    bias is low enough that such a chunk could still enter the top n, the pool is
+    deepened (up to SERVER_POOL_MAX), then that language is asked alone for its n,
+    2n, 4n, ... nearest. Texts come from the local snapshot (rag.keyword_cache), not
+    over the network.
+    """
+    snapshot = snapshot_for(store)
+    biases = _cached(store, "biases", lambda: GroupBiases.build(snapshot.sums or {}))
+    ranking = _ServerRanking(store, snapshot, biases, vector, n)
+    pool = max(n, SERVER_POOL)
+    while True:
+        nearest = store.nearest(vector, pool)
+        # What an unseen chunk of each language may still have as cosine (None: all seen).
+        top = nearest[-1][1] if len(nearest) == pool else None
+        ceiling: dict[str, float | None] = dict.fromkeys(ranking.least, top)
+        found = dict(nearest)
+        short = ranking.short(found, ceiling)
+        if not short or pool >= SERVER_POOL_MAX:
+            break
+        pool *= 4
+    asked: dict[str, int] = {}
+    while short:
+        sizes = [(lang, 2 * asked[lang] if lang in asked else n) for lang in short]
+        answers = _QUERY_POOL.map(
+            lambda ask: store.nearest(vector, ask[1], where={"language": ask[0]}), sizes
+        )
+        for (language, size), hits in zip(sizes, answers, strict=True):
+            asked[language] = size
+            found.update(hits)
+            full = len(hits) == size  # fewer: every chunk of the language was seen
+            ceiling[language] = min(hits[-1][1], top or 1.0) if full else None
+        short = ranking.short(found, ceiling)
+    return ranking.best(found)
+
+
+class _ServerRanking:
+    """Cosine minus bias for one question's candidates from a Chroma server."""
+
+    def __init__(
+        self, store: Store, snapshot: Snapshot, biases: GroupBiases, vector: np.ndarray, n: int
+    ) -> None:
+        self.store, self.snapshot, self.biases, self.n = store, snapshot, biases, n
+        self.unit = np.asarray(vector, dtype=np.float32) / max(float(np.linalg.norm(vector)), 1e-12)
+        self.shares = biases.matrix @ self.unit if biases.rows else np.zeros(0, np.float32)
+        self.least = {
+            lang: float(self.shares[rows].min()) for lang, rows in biases.language_rows.items()
+        }
+
+    def scored(self, found: dict[str, float]) -> list[tuple[float, Chunk, float]]:
+        """(cosine - bias, chunk, cosine), best first."""
+        rows = [
+            (similarity - self.biases.share(self.shares, chunk, self.unit), chunk, similarity)
+            for chunk, similarity in _chunks_of(self.store, self.snapshot, list(found.items()))
+        ]
+        return sorted(rows, key=lambda row: (-row[0], row[1].chunk_id))
+
+    def short(self, found: dict[str, float], ceiling: dict[str, float | None]) -> list[str]:
+        """The languages that may hold an unseen chunk better than the n-th found."""
+        scored = self.scored(found)
+        nth = scored[self.n - 1][0] if len(scored) >= self.n else -np.inf
+        open_ = {lang: top for lang, top in ceiling.items() if top is not None}
+        return [lang for lang, top in open_.items() if top - self.least[lang] > nth]
+
+    def best(self, found: dict[str, float]) -> list[tuple[Chunk, float]]:
+        return [(chunk, similarity) for _, chunk, similarity in self.scored(found)[: self.n]]
+
+
+def _chunks_of(
+    store: Store, snapshot: Snapshot, nearest: list[tuple[str, float]]
+) -> list[tuple[Chunk, float]]:
+    """The chunks of (id, cosine) pairs: from the snapshot, else (indexed since) fetched."""
+    index = snapshot.index
+    missing = [i for i, _ in nearest if i not in index.positions]
+    fetched = {c.chunk_id: c for c in store.chunks(missing)} if missing else {}
+    found = []
+    for chunk_id, similarity in nearest:
+        position = index.positions.get(chunk_id)
+        chunk = index.chunks[position] if position is not None else fetched.get(chunk_id)
+        if chunk is not None:  # deleted meanwhile: left out
+            found.append((chunk, similarity))
+    return found
 
 
 @dataclass
@@ -448,7 +593,7 @@ class DenseIndex:
 
     chunks: list[Chunk]
     vectors: np.ndarray  # [n, dim] float32, rows L2-normalized
-    language_of: np.ndarray  # [n] index into `biases` (a bias per language or document)
+    language_of: np.ndarray  # [n] each chunk's row in `biases` (its group's)
     biases: np.ndarray  # [groups, dim]: the vector whose similarity is the bias
 
     @classmethod
@@ -457,20 +602,11 @@ class DenseIndex:
         if not chunks:
             vectors = np.zeros((0, 1), dtype=np.float32)
         norms = np.linalg.norm(vectors, axis=1, keepdims=True)
-        vectors = vectors / np.maximum(norms, 1e-12)
-        languages = sorted({c.language or "und" for c in chunks})
-        language_of = np.array(
-            [languages.index(c.language or "und") for c in chunks], dtype=np.int64
-        )
-        centroids = {
-            lang: (vectors[language_of == i].mean(axis=0), int((language_of == i).sum()))
-            for i, lang in enumerate(languages)
-        }
-        by_language = language_biases(centroids)
-        biases = np.array([by_language[lang] for lang in languages], dtype=np.float32)
-        biases = biases.reshape(len(languages), vectors.shape[1])
-        groups, group_of = document_biases(chunks, vectors, language_of, biases)
-        return cls(chunks, vectors, group_of, groups)
+        if not np.allclose(norms, 1.0, atol=1e-4):  # a snapshot's are: no 3 KB/chunk copy
+            vectors = vectors / np.maximum(norms, 1e-12)
+        table = GroupBiases.build(group_sums(chunks, vectors))
+        rows = np.array([table.rows[group_of(c)] for c in chunks], dtype=np.int64)
+        return cls(chunks, vectors, rows, table.matrix)
 
     def query(self, vector: np.ndarray, n: int) -> list[tuple[Chunk, float]]:
         """The n best by cosine minus the language's bias, with their plain cosine."""
@@ -497,7 +633,7 @@ def cosine(a: np.ndarray, b: np.ndarray) -> float:
 
 # --------------------------------------------------------------------------- cache
 
-_CACHE_LOCK = threading.Lock()
+_CACHE_LOCK = threading.RLock()  # a build may need another cached value (dense → snapshot)
 # (store location, collection) -> (manifest generation, index). A few entries: tests
 # and the benchmark open several stores in one process.
 _CACHE: dict[tuple[str, str, str], tuple[int, object]] = {}
@@ -505,19 +641,34 @@ _CACHE_SIZE = 8
 T = TypeVar("T")
 
 
+def snapshot_for(store: Store) -> Snapshot:
+    """The store's keyword index (and, with a Chroma server, each document's embedding
+    sum), rebuilt only when the index changed: saved in the store folder and updated
+    there (rag.keyword_cache)."""
+    from rag.keyword_cache import load_snapshot
+
+    return _cached(store, "snapshot", lambda: load_snapshot(store))
+
+
 def keyword_index_for(store: Store) -> KeywordIndex:
-    """The keyword index of the store's chunks, rebuilt only when the index changed:
-    a real store's is saved in its folder and updated there (rag.keyword_cache)."""
+    """The keyword index of the store's chunks, rebuilt only when the index changed."""
     if not isinstance(store, Store):  # tests' stand-ins have no folder
         return _cached(store, "keyword", lambda: KeywordIndex(store.all_chunks()))
-    from rag.keyword_cache import load_keyword_index
-
-    return _cached(store, "keyword", lambda: load_keyword_index(store))
+    return snapshot_for(store).index
 
 
 def dense_index_for(store: Store) -> DenseIndex:
     """The store's embeddings as a DenseIndex, reloaded only when the index changed."""
-    return _cached(store, "dense", lambda: DenseIndex.build(*store.all_chunks_and_embeddings()))
+    return _cached(store, "dense", lambda: DenseIndex.build(*_chunks_and_vectors(store)))
+
+
+def _chunks_and_vectors(store: Store) -> tuple[list[Chunk], np.ndarray]:
+    if not isinstance(store, Store):  # tests' stand-ins have no snapshot
+        return store.all_chunks_and_embeddings()
+    snapshot = snapshot_for(store)
+    if snapshot.vectors is None:
+        raise ValueError("this snapshot keeps no vectors: the server ranks")
+    return snapshot.index.chunks, snapshot.vectors
 
 
 def _cached(store: Store, kind: str, build: Callable[[], T]) -> T:

@@ -436,23 +436,31 @@ class Store:
         matrix = np.stack(vectors) if vectors else np.zeros((0, 1), dtype=np.float32)
         return chunks, matrix
 
-    def language_centroids(self) -> dict[str, tuple[np.ndarray, int]]:
-        """The mean embedding of each language's chunks, and how many there are."""
-        sums: dict[str, np.ndarray] = {}
-        counts: dict[str, int] = {}
-        for page in self._pages(["embeddings", "metadatas"]):
-            for vector, meta in zip(_embeddings(page), page["metadatas"] or [], strict=True):
-                language = str((meta or {}).get("language") or "und")
-                sums[language] = sums.get(language, 0) + vector
-                counts[language] = counts.get(language, 0) + 1
-        return {lang: (sums[lang] / counts[lang], counts[lang]) for lang in sums}
-
     def embeddings(self, ids: Sequence[str]) -> dict[str, np.ndarray]:
         """The stored embeddings of these chunks (ids not found are left out)."""
         if not ids:
             return {}
         page = self._call(lambda c: c.get(ids=list(ids), include=["embeddings"]))
         return dict(zip(page["ids"], _embeddings(page), strict=True))
+
+    def nearest(
+        self, embedding: np.ndarray, k: int, where: dict[str, str] | None = None
+    ) -> list[tuple[str, float]]:
+        """The ids of the k nearest chunks (matching `where`) with their cosine
+        similarity, best first: no texts, so a server sends a few bytes per hit."""
+        if k <= 0:
+            return []
+        self.check_dimension(int(embedding.shape[-1]))
+        result = self._call(
+            lambda c: c.query(
+                query_embeddings=[embedding.astype(np.float32)],
+                n_results=k,
+                where=where,
+                include=["distances"],
+            )
+        )
+        distances = (result["distances"] or [[]])[0]
+        return [(i, 1.0 - float(d)) for i, d in zip(result["ids"][0], distances, strict=True)]
 
     def query(
         self, embedding: np.ndarray, k: int, where: dict[str, str] | None = None

@@ -48,10 +48,24 @@ CANDIDATES_PER_RESULT = 4
 # (a handful of chunks would mostly cancel their own topic). Set by hand; not measured.
 MIN_LANGUAGE_CHUNKS = 8
 # A language with at least this many documents gets, for each document's chunks, the
-# mean of its OTHER documents' chunks as bias (retrieve.document_biases): three others
+# mean of its OTHER documents' chunks as bias (retrieve.group_biases): three others
 # average their topics out; one or two would be their own topic. Set by hand (not
 # fitted): xquad-dev has 4 documents a language, the seeds at most 2.
 MIN_BIAS_DOCUMENTS = 4
+# Nearest ids asked of a Chroma server in one unfiltered query, re-ranked here by
+# language bias (retrieve._server_balanced_query): first SERVER_POOL, 4x deeper while a
+# language could still place a chunk from beyond them in the top n, up to
+# SERVER_POOL_MAX; then such a language is asked alone (a filtered query, 100-230 ms at
+# 100,000 chunks). Unfiltered, ids only, at 100,000 chunks: 200 ids 5-15 ms, 800 ids
+# 10-30 ms, 3,200 ids 20-40 ms (bench/scale.py). Set by hand; not fitted.
+SERVER_POOL = 200
+SERVER_POOL_MAX = 3200
+# Up to this many chunks, a querying process keeps every vector of a Chroma server's
+# store (rag.keyword_cache) and ranks them in memory, exactly, as an embedded store:
+# 3 KB a chunk (1.5 GB here), 27 ms p50 at 100,000 (bench/scale.py). Beyond it, the
+# server ranks (SERVER_POOL): 176 ms p50 on the synthetic 100,000. Set by hand for the
+# 4 GB a querying process may take.
+LOCAL_VECTORS_MAX = 500_000
 
 # --------------------------------------------------------------------------- evidence
 

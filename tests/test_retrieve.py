@@ -474,12 +474,6 @@ class FakeStore:
         order = sorted(range(len(chunks)), key=lambda i: -cosines[i])[:k]
         return [(chunks[i], cosines[i]) for i in order]
 
-    def language_centroids(self) -> dict[str, tuple[np.ndarray, int]]:
-        by_language: dict[str, list[np.ndarray]] = {}
-        for c in self.chunks:
-            by_language.setdefault(c.language, []).append(self.vectors[c.chunk_id])
-        return {lang: (np.mean(vs, 0), len(vs)) for lang, vs in by_language.items()}
-
 
 class FakeEmbedder:
     def __init__(self, vector: np.ndarray) -> None:
@@ -735,7 +729,7 @@ def test_dense_ranking_removes_the_same_language_bias(monkeypatch: pytest.Monkey
 
 
 def test_document_biases_leave_each_documents_own_topic_out() -> None:
-    from rag.retrieve import DenseIndex, document_biases
+    from rag.retrieve import DenseIndex, group_biases, group_sums
     from rag.tuning import MIN_BIAS_DOCUMENTS
 
     rng = np.random.default_rng(0)
@@ -755,10 +749,21 @@ def test_document_biases_leave_each_documents_own_topic_out() -> None:
         rows = {int(index.language_of[i]) for i in own}
         assert len(rows) == 1  # one bias per document
         assert np.allclose(index.biases[rows.pop()], vectors[others].mean(axis=0), atol=1e-6)
-    # a language with fewer documents keeps its language bias
-    russian = {int(index.language_of[i]) for i, c in enumerate(chunks) if c.language == "ru"}
-    assert len(russian) == 1
-    language_of = np.array([0 if c.language == "de" else 1 for c in chunks])
-    biases = np.zeros((2, 4), dtype=np.float32)
-    rows, _ = document_biases(chunks[-3:], vectors[-3:], language_of[-3:] * 0, biases[:1])
-    assert rows.shape == (1, 4)  # one document: nothing left out
+    # a language with fewer documents keeps its language bias: the corpus-wide mean
+    # here, since 3 Russian chunks are fewer than MIN_LANGUAGE_CHUNKS
+    biases = group_biases(group_sums(chunks, vectors))
+    assert np.allclose(biases[("ru.txt", "ru")], vectors.mean(axis=0), atol=1e-6)
+    # one language alone: nothing to balance
+    alone = group_biases(group_sums(chunks[-3:], vectors[-3:]))
+    assert np.allclose(alone[("ru.txt", "ru")], 0.0)
+
+
+def test_group_sums_add_up_to_the_means_of_normalized_vectors() -> None:
+    from rag.retrieve import group_sums
+
+    chunks = [text_chunk(f"c{i}", "t", "en" if i < 2 else "de", "a.txt") for i in range(3)]
+    vectors = np.array([[2.0, 0.0], [0.0, 3.0], [1.0, 1.0]], dtype=np.float32)
+    sums = group_sums(chunks, vectors)
+    english = sums[(chunks[0].path, "en")]
+    assert english.count == 2 and np.allclose(english.vector, [1.0, 1.0])
+    assert np.allclose(sums[("a.txt", "de")].vector, [2**-0.5, 2**-0.5])

@@ -41,15 +41,15 @@ def test_reads_page_through_everything(store: Store, monkeypatch: pytest.MonkeyP
     listed, matrix = store.all_chunks_and_embeddings()
     by_id = {c.chunk_id: row for c, row in zip(listed, matrix, strict=True)}
     assert all(np.allclose(by_id[c.chunk_id], v) for c, v in zip(chunks, vectors, strict=True))
-    centroids = store.language_centroids()
-    assert {lang: n for lang, (_, n) in centroids.items()} == {"de": 3, "en": 2}
-    assert np.allclose(centroids["en"][0], vectors[[1, 3]].mean(axis=0))
     assert set(store.embeddings(["c1", "missing"])) == {"c1"}
     assert store.embeddings([]) == {}
     nearest, similarity = store.query(vectors[3], 1)[0]
     assert nearest.chunk_id == "c3" and similarity == pytest.approx(1.0, abs=1e-5)
     german = store.query(vectors[3], 5, where={"language": "de"})
     assert {c.chunk_id for c, _ in german} == {"c0", "c2", "c4"}
+    ids = store.nearest(vectors[3], 2)
+    assert ids[0][0] == "c3" and ids[0][1] == pytest.approx(1.0, abs=1e-5) and len(ids) == 2
+    assert {i for i, _ in store.nearest(vectors[3], 5, where={"language": "en"})} == {"c1", "c3"}
     store.delete(["c0", "c1"])
     assert store.all_ids() == {"c2", "c3", "c4"}
 
