@@ -25,7 +25,7 @@ from typing import Any
 from rag.config import Settings
 from rag.files import file_identity
 from rag.indexer import IndexReport, PassageEmbedder, index_folder
-from rag.manifest import MANIFEST_NAME, Manifest
+from rag.manifest import MANIFEST_NAME, FileRecord, Manifest, StoreError
 from rag.records import UserError, one_line
 
 # Quiet time after the last event before a round starts: a copy of many files or an
@@ -293,18 +293,29 @@ class Watcher:
         return WatchEvent(_now(), "watching", detail=detail)
 
     def _indexed(self) -> _Snapshot:
+        if self.settings.chroma_url:  # the manifest lives in the server
+            return self._indexed_in_server()
         path = self.settings.store_dir / MANIFEST_NAME
         if not path.exists():  # never create one here: the store may be a foreign folder
             return {}
         manifest = Manifest(path)
         try:
-            return {
-                p: (r.content_hash, len(r.chunk_ids))
-                for p, r in manifest.files().items()
-                if r.state == "done"
-            }
+            return _done(manifest.files())
         finally:
             manifest.close()
+
+    def _indexed_in_server(self) -> _Snapshot:
+        from rag.models import embedder_identity
+        from rag.store import Store
+
+        try:
+            store = Store(self.settings, embedder_identity(self.settings), create=False)
+        except StoreError:  # nothing indexed yet (a server down fails the round anyway)
+            return {}
+        try:
+            return _done(store.manifest.files())
+        finally:
+            store.close()
 
     def _load_embedder(self) -> PassageEmbedder:
         """Loaded on the first file to embed, then kept for the next rounds."""
@@ -325,3 +336,7 @@ def watch(settings: Settings, as_json: bool = False, stop: threading.Event | Non
         print(event.json() if as_json else event.line(), flush=True)
 
     Watcher(settings, emit).run(stop)
+
+
+def _done(files: dict[str, FileRecord]) -> _Snapshot:
+    return {p: (r.content_hash, len(r.chunk_ids)) for p, r in files.items() if r.state == "done"}
