@@ -343,11 +343,21 @@ class HybridRetriever:
         missing = [g for g in groups if g.dense_score is None]
         if not missing:
             return
-        stored = self.store.embeddings([g.chunk.chunk_id for g in missing])
+        stored = _stored_embeddings(self.store, [g.chunk.chunk_id for g in missing])
         for group in missing:
             embedding = stored.get(group.chunk.chunk_id)
             if embedding is not None:
                 group.dense_score = cosine(vector, embedding)
+
+
+def _stored_embeddings(store: Store, ids: list[str]) -> dict[str, np.ndarray]:
+    """These chunks' embeddings: from the snapshot when it holds them (no request)."""
+    if isinstance(store, Store):
+        snapshot = snapshot_for(store)
+        if snapshot.vectors is not None:
+            at = snapshot.index.positions
+            return {i: snapshot.vectors[at[i]] for i in ids if i in at}
+    return store.embeddings(ids)
 
 
 def language_balanced_query(store: Store, vector: np.ndarray, n: int) -> list[tuple[Chunk, float]]:

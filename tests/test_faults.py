@@ -32,6 +32,7 @@ from rag.engine import Engine
 from rag.indexer import index_folder, store_lock
 from rag.models import embedder_identity
 from rag.records import Hit
+from rag.server_manifest import GENERATION_TTL
 from rag.store import Store, StoreError
 
 from .conftest import ROOT, SEEDS
@@ -420,6 +421,9 @@ def test_engine_survives_a_server_restart_and_a_kill_mid_run(
     assert engine.search("Hanoi", k=2)
 
     chroma.stop()
+    # A search needs the server for the index's generation only (the texts and vectors
+    # are in the local snapshot), which is read again GENERATION_TTL after the last read.
+    time.sleep(GENERATION_TTL + 0.2)
     with pytest.raises(StoreError, match=f"Chroma server at {chroma.url}") as failure:
         engine.search("Hanoi", k=2)
     assert "\n" not in str(failure.value)
