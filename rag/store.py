@@ -29,7 +29,7 @@ from rag.server_manifest import ServerManifest, manifest_name
 if TYPE_CHECKING:
     from chromadb.api import ClientAPI
     from chromadb.api.models.Collection import Collection
-    from chromadb.api.types import GetResult, Include
+    from chromadb.api.types import GetResult, Include, QueryResult
 
 __all__ = ["FileRecord", "Manifest", "Store", "StoreError", "remove_store"]
 
@@ -448,17 +448,9 @@ class Store:
     ) -> list[tuple[str, float]]:
         """The ids of the k nearest chunks (matching `where`) with their cosine
         similarity, best first: no texts, so a server sends a few bytes per hit."""
-        if k <= 0:
+        result = self._query(embedding, k, where, ["distances"])
+        if result is None:
             return []
-        self.check_dimension(int(embedding.shape[-1]))
-        result = self._call(
-            lambda c: c.query(
-                query_embeddings=[embedding.astype(np.float32)],
-                n_results=k,
-                where=where,
-                include=["distances"],
-            )
-        )
         distances = (result["distances"] or [[]])[0]
         return [(i, 1.0 - float(d)) for i, d in zip(result["ids"][0], distances, strict=True)]
 
@@ -466,17 +458,9 @@ class Store:
         self, embedding: np.ndarray, k: int, where: dict[str, str] | None = None
     ) -> list[tuple[Chunk, float]]:
         """The k nearest chunks (matching `where`) with their cosine similarity."""
-        if k <= 0:
+        result = self._query(embedding, k, where, ["documents", "metadatas", "distances"])
+        if result is None:
             return []
-        self.check_dimension(int(embedding.shape[-1]))
-        result = self._call(
-            lambda c: c.query(
-                query_embeddings=[embedding.astype(np.float32)],
-                n_results=k,
-                where=where,
-                include=["documents", "metadatas", "distances"],
-            )
-        )
         ids, documents = result["ids"][0], (result["documents"] or [[]])[0]
         metadatas, distances = (result["metadatas"] or [[]])[0], (result["distances"] or [[]])[0]
         # A System loaded before another process deleted chunks may still find them in
@@ -486,6 +470,17 @@ class Store:
             for i, d, m, dist in zip(ids, documents, metadatas, distances, strict=True)
             if m
         ]
+
+    def _query(
+        self, embedding: np.ndarray, k: int, where: dict[str, str] | None, include: Include
+    ) -> QueryResult | None:
+        if k <= 0:
+            return None
+        self.check_dimension(int(embedding.shape[-1]))
+        vector = embedding.astype(np.float32)
+        return self._call(
+            lambda c: c.query(query_embeddings=[vector], n_results=k, where=where, include=include)
+        )
 
 
 def _chunks(page: GetResult) -> list[tuple[int, Chunk]]:
