@@ -374,10 +374,14 @@ def language_balanced_query(store: Store, vector: np.ndarray, n: int) -> list[tu
     snapshot), embedded or from a Chroma server; a server store too large to hold
     (LOCAL_VECTORS_MAX) is ranked by the server (_server_balanced_query).
     """
-    store.check_dimension(len(vector))  # another embedder's vector: one clear line
     if not isinstance(store, Store):  # tests' stand-ins
+        store.check_dimension(len(vector))
         return dense_index_for(store).query(vector, n)
-    if snapshot_for(store).vectors is None:
+    vectors = snapshot_for(store).vectors
+    if vectors is not None and len(vectors):
+        store.know_dimension(vectors.shape[1])
+    store.check_dimension(len(vector))  # another embedder's vector: one clear line
+    if vectors is None:
         return _server_balanced_query(store, vector, n)
     return dense_index_for(store).query(vector, n)
 

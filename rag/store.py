@@ -219,13 +219,20 @@ class Store:
             self._check_identity(self.manifest.get_meta("embed_model"))
             if local:
                 self._access = access_lock(self.dir, settings.lock_wait)
-            with self._access:
-                if self._connection is None:
-                    self._connection = _connect(settings)
-                self._collection = self._open_collection(self._connection.client, create)
+            # A reader's embedded Chroma loads on its first call: a search answered from
+            # the saved snapshot (rag.keyword_cache) never pays chromadb's import (0.5 s).
+            self._collection: Collection | None = None
+            if create or not local:
+                with self._access:
+                    self._collection = self._open(create)
         except BaseException:
             self.close()
             raise
+
+    def _open(self, create: bool) -> Collection:
+        if self._connection is None:
+            self._connection = _connect(self.settings)
+        return self._open_collection(self._connection.client, create)
 
     def _open_manifest(self, create: bool) -> Manifest | ServerManifest:
         if not self.settings.chroma_url:
@@ -312,6 +319,8 @@ class Store:
     # --- every Chroma call goes through here -----------------------------------
     def _call(self, operation: Callable[[Collection], T]) -> T:
         with self._access:
+            if self._collection is None:
+                self._collection = self._open(create=False)
             try:
                 return operation(self._collection)
             except UserError:
@@ -319,14 +328,14 @@ class Store:
             except Exception:
                 pass  # one retry on a fresh connection, below
             try:
-                self._reconnect()
-                return operation(self._collection)
+                collection = self._reconnect()
+                return operation(collection)
             except UserError:
                 raise
             except Exception as exc:
                 raise StoreError(self._failure(exc)) from exc
 
-    def _reconnect(self) -> None:
+    def _reconnect(self) -> Collection:
         old, self._connection = self._connection, _connect(self.settings)
         if old is not None:
             old.close()
@@ -334,6 +343,7 @@ class Store:
             self._collection = self._connection.client.get_collection(
                 self.settings.collection, embedding_function=None
             )
+            return self._collection
         except Exception as exc:
             raise StoreError(
                 f"the Chroma collection {self.settings.collection!r} is gone "
@@ -384,6 +394,11 @@ class Store:
         for start in range(0, len(ids), WRITE_BATCH):
             batch = ids[start : start + WRITE_BATCH]
             self._call(lambda c, batch=batch: c.delete(ids=batch))
+
+    def know_dimension(self, dim: int) -> None:
+        """The stored vectors' size, when known without asking Chroma (a snapshot)."""
+        if self._dim is None:
+            self._dim = dim
 
     def check_dimension(self, dim: int) -> None:
         """Refuse vectors of another size than the stored ones: an embedder that is not
