@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import os
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
@@ -14,6 +15,9 @@ os.environ["TRANSFORMERS_OFFLINE"] = "1"
 os.environ["ANONYMIZED_TELEMETRY"] = "False"
 
 from rag.config import Settings  # noqa: E402
+
+if TYPE_CHECKING:
+    from .test_faults import ChromaServer
 
 ROOT = Path(__file__).resolve().parent.parent
 SEEDS = ROOT / "seeds"
@@ -44,3 +48,14 @@ def make_settings(tmp_path: Path) -> Callable[..., Settings]:
         return Settings.from_env(**values)
 
     return build
+
+
+@pytest.fixture
+def chroma(tmp_path: Path) -> Iterator[ChromaServer]:
+    """A `chroma run` server on its own data folder, which a test may stop and start."""
+    from .test_faults import ChromaServer
+
+    server = ChromaServer(tmp_path / "chroma-data")
+    server.start()
+    yield server
+    server.stop()

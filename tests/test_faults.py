@@ -377,14 +377,6 @@ class ChromaServer:
             self.proc = None
 
 
-@pytest.fixture
-def chroma(tmp_path: Path) -> Iterator[ChromaServer]:
-    server = ChromaServer(tmp_path / "chroma-data")
-    server.start()
-    yield server
-    server.stop()
-
-
 def test_cli_through_a_chroma_server_that_goes_down_and_comes_back(
     tmp_path: Path, chroma: ChromaServer
 ) -> None:

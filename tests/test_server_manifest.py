@@ -6,7 +6,6 @@ import json
 import shutil
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -23,14 +22,6 @@ from .test_faults import ChromaServer, cli_env, rag_cli
 
 QUESTION = "Hvor mange oppstartsbedrifter er det i Dong Nai?"
 NEW_FILE = "Die Firma Quellwerk baut in Haiphong die Pumpe ZX-4711.\n"
-
-
-@pytest.fixture
-def chroma(tmp_path: Path) -> Iterator[ChromaServer]:
-    server = ChromaServer(tmp_path / "chroma-data")
-    server.start()
-    yield server
-    server.stop()
 
 
 def engine_for(docs: Path, store: Path, url: str, embedder, **extra: object) -> Engine:  # type: ignore[no-untyped-def]
