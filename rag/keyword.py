@@ -423,6 +423,13 @@ class Tokenized:
         bounds = self.starts.tolist()
         return [flat[a:b] for a, b in zip(bounds, bounds[1:], strict=False)]
 
+    @classmethod
+    def from_rows(cls, rows: list[list[int]], vocab: dict[str, int]) -> Tokenized:
+        starts = np.zeros(len(rows) + 1, dtype=np.int64)
+        np.cumsum([len(r) for r in rows], out=starts[1:])
+        ids = np.fromiter((i for r in rows for i in r), dtype=np.int32, count=int(starts[-1]))
+        return cls(ids, starts, vocab)
+
 
 def tokenize(chunks: Sequence[Chunk], vocab: dict[str, int] | None = None) -> Tokenized:
     """The chunks' token ids, extending `vocab` (a new one when None)."""
@@ -433,10 +440,7 @@ def tokenize(chunks: Sequence[Chunk], vocab: dict[str, int] | None = None) -> To
         [vocab.setdefault(t, len(vocab)) for t in document_tokens(c.text, c.language)]
         for c in chunks
     ]
-    starts = np.zeros(len(rows) + 1, dtype=np.int64)
-    np.cumsum([len(r) for r in rows], out=starts[1:])
-    ids = np.fromiter((i for r in rows for i in r), dtype=np.int32, count=int(starts[-1]))
-    return Tokenized(ids, starts, vocab)
+    return Tokenized.from_rows(rows, vocab)
 
 
 def _build_bm25(tokenized: Tokenized) -> bm25s.BM25 | None:

@@ -33,7 +33,7 @@ import numpy as np
 
 from rag.keyword import KeywordIndex, Tokenized, tokenize
 from rag.records import Chunk
-from rag.retrieve import Group, GroupSum, group_of, group_sums
+from rag.retrieve import Group, GroupSum, group_of, group_sums, unit_rows
 from rag.store import KEYWORD_DIR_NAME, READ_PAGE, Store
 from rag.tuning import LOCAL_VECTORS_MAX
 
@@ -86,7 +86,7 @@ def load_snapshot(store: Store) -> Snapshot:
             return snapshot
     # none saved, a rebuilt index, or the other kind: nothing to reuse
     chunks, vectors = store.all_chunks_and_embeddings()
-    vectors = _normalized(vectors)
+    vectors = unit_rows(vectors)
     if local:
         snapshot = Snapshot(KeywordIndex(chunks), vectors, None)
     else:
@@ -127,7 +127,7 @@ def _with_vectors(store: Store, chunks: list[Chunk]) -> tuple[list[Chunk], np.nd
     present = [c for c in chunks if c.chunk_id in found]
     if not present:
         return [], np.zeros((0, 0), dtype=np.float32)
-    return present, _normalized(np.stack([found[c.chunk_id] for c in present]))
+    return present, unit_rows(np.stack([found[c.chunk_id] for c in present]))
 
 
 def _updated_sums(
@@ -152,21 +152,13 @@ def _updated_sums(
     return kept
 
 
-def _normalized(vectors: np.ndarray) -> np.ndarray:
-    """float32 rows of norm 1 (an empty store's (0, 1) matrix stays as it is)."""
-    vectors = np.asarray(vectors, dtype=np.float32)
-    return vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
-
-
 def _compact(rows: list[list[int]], vocab: dict[str, int]) -> Tokenized:
     """Token ids renumbered to those still used: bm25s sizes its matrix by them."""
-    starts = np.zeros(len(rows) + 1, dtype=np.int64)
-    np.cumsum([len(r) for r in rows], out=starts[1:])
-    flat = np.fromiter((i for r in rows for i in r), dtype=np.int64, count=int(starts[-1]))
-    used, ids = np.unique(flat, return_inverse=True)
+    packed = Tokenized.from_rows(rows, vocab)
+    used, ids = np.unique(packed.ids, return_inverse=True)
     number = {int(old): new for new, old in enumerate(used.tolist())}
     kept = {token: number[i] for token, i in vocab.items() if i in number}
-    return Tokenized(ids.astype(np.int32), starts, kept)
+    return Tokenized(ids.astype(np.int32), packed.starts, kept)
 
 
 def _load(path: Path) -> Saved | None:

@@ -407,12 +407,16 @@ def group_sums(chunks: Sequence[Chunk], vectors: np.ndarray) -> dict[Group, Grou
     rows: dict[Group, list[int]] = {}
     for i, chunk in enumerate(chunks):
         rows.setdefault(group_of(chunk), []).append(i)
-    sums = {}
-    for group, members in rows.items():
-        block = vectors[members]
-        block = block / np.maximum(np.linalg.norm(block, axis=1, keepdims=True), 1e-12)
-        sums[group] = GroupSum(block.sum(axis=0), len(members))
-    return sums
+    return {
+        group: GroupSum(unit_rows(vectors[members]).sum(axis=0), len(members))
+        for group, members in rows.items()
+    }
+
+
+def unit_rows(vectors: np.ndarray) -> np.ndarray:
+    """float32 rows of norm 1 (a zero row stays zero)."""
+    vectors = np.asarray(vectors, dtype=np.float32)
+    return vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
 
 
 def group_of(chunk: Chunk) -> Group:
@@ -617,7 +621,7 @@ class DenseIndex:
             vectors = np.zeros((0, 1), dtype=np.float32)
         norms = np.linalg.norm(vectors, axis=1, keepdims=True)
         if not np.allclose(norms, 1.0, atol=1e-4):  # a snapshot's are: no 3 KB/chunk copy
-            vectors = vectors / np.maximum(norms, 1e-12)
+            vectors = unit_rows(vectors)
         table = GroupBiases.build(group_sums(chunks, vectors))
         rows = np.array([table.rows[group_of(c)] for c in chunks], dtype=np.int64)
         return cls(chunks, vectors, rows, table.matrix)
