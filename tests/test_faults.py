@@ -120,6 +120,26 @@ def killer(point: str, *command: str, env: dict[str, str]) -> subprocess.Popen[s
     )
 
 
+# The real `rag watch`, whose first write stalls after it lands: the round's pending window
+# stays open until the test kills the process (left alone, it lasts milliseconds and a
+# poll can miss it).
+STALLING_WATCHER = """
+import os, sys, time
+sys.path.insert(0, os.getcwd())
+import rag.store
+
+upsert = rag.store.Store.upsert
+
+def stalling_upsert(self, chunks, vectors):
+    upsert(self, chunks, vectors)
+    time.sleep(600)
+
+rag.store.Store.upsert = stalling_upsert
+from rag.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
 def rag_cli(*args: str, env: dict[str, str], timeout: float = 300) -> tuple[int, str, str]:
     proc = subprocess.run(
         [sys.executable, "-m", "rag.cli", *args],
@@ -214,7 +234,7 @@ def test_watcher_killed_mid_round_with_the_real_model(tmp_path: Path, embedder) 
     settings = Settings.from_env(docs_dir=docs, store_dir=store)
     run_index(settings, embedder)
     proc = subprocess.Popen(
-        [sys.executable, "-m", "rag.cli", "watch"],
+        [sys.executable, "-c", STALLING_WATCHER, "watch"],
         env=cli_env(docs, store),
         cwd=ROOT,
         stdout=subprocess.PIPE,
@@ -225,7 +245,7 @@ def test_watcher_killed_mid_round_with_the_real_model(tmp_path: Path, embedder) 
         assert "watching:" in (proc.stdout.readline() if proc.stdout else "")
         for name in sorted(p.name for p in SEEDS.iterdir() if p.name not in SMALL_SEEDS):
             shutil.copy(SEEDS / name, docs / name)
-        wait_until(lambda: _pending(store), 60, "the round to mark files pending")
+        wait_until(lambda: _pending(store), 180, "the round to mark files pending")
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=30)
     finally:
