@@ -20,7 +20,9 @@ Each result names the CPU backend library the process really mapped (/proc/self/
     .venv/bin/python bench/llm.py --build avx2=/tmp/lcp-avx2 --build dispatch=/tmp/lcp-dl \
         [--quant q4_k_m --quant q4_0] [--rounds 3] [--reps 2]
 
-q4_0 is the packaged Q4_K_M requantized once into the model cache (allow_requantize).
+q4_0, iq4_nl and q8_0 are the packaged Q4_K_M requantized once into the model cache
+(allow_requantize): llama.cpp repacks q4_0 and iq4_nl for faster CPU prompt processing,
+and q8_0's int8 blocks go straight into AVX-512 VNNI dot products.
 """
 
 from __future__ import annotations
@@ -44,7 +46,8 @@ PROMPTS = (300, 600)
 DECODE = 64
 N_CTX = 4096  # the app's context window (RAG_LLM_CONTEXT default)
 N_BATCH = 512  # the app's batch
-Q4_0_FILENAME = "qwen2.5-coder-1.5b-instruct-q4_0.gguf"
+# llama.cpp's llama_ftype of each requantized type
+REQUANT_FTYPES = {"q4_0": 2, "q8_0": 7, "iq4_nl": 25}
 
 
 # ------------------------------------------------------------------- in the worker
@@ -170,8 +173,9 @@ def worker(model: Path, reps: int, min_share: float, tries: int) -> dict[str, An
     }
 
 
-def requantize_gguf(src: Path, dest: Path, threads: int, ftype: int = 2) -> Path:
-    """`src` requantized to `ftype` (2: Q4_0) into `dest`, which appears only when done."""
+def requantize_gguf(src: Path, dest: Path, threads: int, ftype: int) -> Path:
+    """`src` requantized to `ftype` (REQUANT_FTYPES) into `dest`, which appears only
+    when done."""
     import ctypes
 
     import llama_cpp
@@ -188,9 +192,9 @@ def requantize_gguf(src: Path, dest: Path, threads: int, ftype: int = 2) -> Path
     return dest
 
 
-def requantize_worker(src: Path, dest: Path) -> dict[str, Any]:
+def requantize_worker(src: Path, dest: Path, quant: str) -> dict[str, Any]:
     started = time.perf_counter()
-    requantize_gguf(src, dest, threads=THREADS)
+    requantize_gguf(src, dest, threads=THREADS, ftype=REQUANT_FTYPES[quant])
     return {
         "path": str(dest),
         "bytes": dest.stat().st_size,
@@ -240,17 +244,17 @@ def _cpu_model() -> str:
     return lines[0] if lines else "?"
 
 
-def _models(quants: list[str], requant_build: str) -> tuple[dict[str, Path], dict[str, Any] | None]:
+def _models(quants: list[str], requant_build: str) -> tuple[dict[str, Path], dict[str, Any]]:
     from rag.config import Settings
     from rag.models import ensure_llm_gguf
 
     packaged = ensure_llm_gguf(Settings.from_env().cache_dir)
-    models, requant = {"q4_k_m": packaged}, None
-    if "q4_0" in quants:
-        dest = packaged.with_name(Q4_0_FILENAME)
+    models, requant = {"q4_k_m": packaged}, {}
+    for quant in (q for q in quants if q in REQUANT_FTYPES):
+        dest = packaged.with_name(packaged.name.replace("q4_k_m", quant))
         if not dest.is_file():  # made once; remove the file to time it again
-            requant = _run(requant_build, ["--requantize", str(packaged), str(dest)])
-        models["q4_0"] = dest
+            requant[quant] = _run(requant_build, ["--requantize", str(packaged), str(dest), quant])
+        models[quant] = dest
     return {q: models[q] for q in quants}, requant
 
 
@@ -292,14 +296,14 @@ def _summary(result: dict[str, Any]) -> dict[str, Any]:
 def _parse() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--build", action="append", default=[], metavar="NAME=PATH")
-    parser.add_argument("--quant", action="append", choices=["q4_k_m", "q4_0"])
+    parser.add_argument("--quant", action="append", choices=["q4_k_m", *REQUANT_FTYPES])
     parser.add_argument("--rounds", type=int, default=3, help="fresh processes per pair")
     parser.add_argument("--reps", type=int, default=2, help="repetitions in each process")
     parser.add_argument("--min-share", type=float, default=0.9, help="of 2 cores, per sample")
     parser.add_argument("--tries", type=int, default=4, help="attempts per sample")
     parser.add_argument("--idle-wait", type=float, default=120, help="max s to wait for idle")
     parser.add_argument("--worker", type=Path, help=argparse.SUPPRESS)
-    parser.add_argument("--requantize", nargs=2, type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--requantize", nargs=3, help=argparse.SUPPRESS)
     return parser.parse_args()
 
 
@@ -309,7 +313,8 @@ def main() -> None:
         print(json.dumps(worker(args.worker, args.reps, args.min_share, args.tries)))
         return
     if args.requantize:
-        print(json.dumps(requantize_worker(*args.requantize)))
+        src, dest, quant = args.requantize
+        print(json.dumps(requantize_worker(Path(src), Path(dest), quant)))
         return
     builds = dict(b.split("=", 1) for b in args.build) or {"installed": "-"}
     models, requant = _models(args.quant or ["q4_k_m"], list(builds.values())[-1])
