@@ -20,9 +20,11 @@ Each result names the CPU backend library the process really mapped (/proc/self/
     .venv/bin/python bench/llm.py --build avx2=/tmp/lcp-avx2 --build dispatch=/tmp/lcp-dl \
         [--quant q4_k_m --quant q4_0] [--rounds 3] [--reps 2]
 
-q4_0, iq4_nl and q8_0 are the packaged Q4_K_M requantized once into the model cache
-(allow_requantize): llama.cpp repacks q4_0 and iq4_nl for faster CPU prompt processing,
-and q8_0's int8 blocks go straight into AVX-512 VNNI dot products.
+q4_0, iq4_nl, q8_0, f16 and bf16 are the packaged Q4_K_M requantized once into the
+model cache (allow_requantize): llama.cpp repacks q4_0 and iq4_nl for faster CPU prompt
+processing, q8_0's int8 blocks go straight into AVX-512 VNNI dot products, and bf16
+matrices into AVX-512 BF16 ones (prompt processing is compute-bound; decoding reads
+every weight per token, so the wider types decode slower).
 """
 
 from __future__ import annotations
@@ -47,7 +49,7 @@ DECODE = 64
 N_CTX = 4096  # the app's context window (RAG_LLM_CONTEXT default)
 N_BATCH = 512  # the app's batch
 # llama.cpp's llama_ftype of each requantized type
-REQUANT_FTYPES = {"q4_0": 2, "q8_0": 7, "iq4_nl": 25}
+REQUANT_FTYPES = {"q4_0": 2, "q8_0": 7, "iq4_nl": 25, "f16": 1, "bf16": 32}
 
 
 # ------------------------------------------------------------------- in the worker
@@ -137,7 +139,9 @@ class _Samples:
         self.shares.setdefault(key, []).append(round(share, 2))
 
 
-def worker(model: Path, reps: int, min_share: float, tries: int) -> dict[str, Any]:
+def worker(
+    model: Path, reps: int, min_share: float, tries: int, flash_attn: bool
+) -> dict[str, Any]:
     """One build, one model: load, warm up, then `reps` rounds of each measurement."""
     import llama_cpp
 
@@ -149,6 +153,7 @@ def worker(model: Path, reps: int, min_share: float, tries: int) -> dict[str, An
         n_threads_batch=THREADS,
         n_ctx=N_CTX,
         n_batch=N_BATCH,
+        flash_attn=flash_attn,
         verbose=False,
     )
     load_s = time.perf_counter() - started
@@ -283,6 +288,11 @@ def _merge(runs: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
+def _label(result: dict[str, Any]) -> str:
+    flash = "+flash_attn" if result["flash_attn"] == "on" else ""
+    return f"{result['build']}/{result['quant']}{flash}"
+
+
 def _summary(result: dict[str, Any]) -> dict[str, Any]:
     keys = [f"prefill_{n}" for n in PROMPTS] + ["decode"]
     shares = {k: _median(v) for k, v in result["cpu_share"].items()}
@@ -302,6 +312,12 @@ def _parse() -> argparse.Namespace:
     parser.add_argument("--min-share", type=float, default=0.9, help="of 2 cores, per sample")
     parser.add_argument("--tries", type=int, default=4, help="attempts per sample")
     parser.add_argument("--idle-wait", type=float, default=120, help="max s to wait for idle")
+    parser.add_argument(
+        "--flash-attn",
+        choices=["off", "on", "both"],
+        default="off",
+        help="llama.cpp's flash attention (the app runs without it); both: side by side",
+    )
     parser.add_argument("--worker", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--requantize", nargs=3, help=argparse.SUPPRESS)
     return parser.parse_args()
@@ -310,7 +326,8 @@ def _parse() -> argparse.Namespace:
 def main() -> None:
     args = _parse()
     if args.worker:
-        print(json.dumps(worker(args.worker, args.reps, args.min_share, args.tries)))
+        flash = args.flash_attn == "on"
+        print(json.dumps(worker(args.worker, args.reps, args.min_share, args.tries, flash)))
         return
     if args.requantize:
         src, dest, quant = args.requantize
@@ -318,19 +335,23 @@ def main() -> None:
         return
     builds = dict(b.split("=", 1) for b in args.build) or {"installed": "-"}
     models, requant = _models(args.quant or ["q4_k_m"], list(builds.values())[-1])
-    pairs = [(b, q) for b in builds for q in models]
-    runs: dict[tuple[str, str], list[dict[str, Any]]] = {pair: [] for pair in pairs}
+    flash_modes = {"off": ["off"], "on": ["on"], "both": ["off", "on"]}[args.flash_attn]
+    pairs = [(b, q, fa) for b in builds for q in models for fa in flash_modes]
+    runs: dict[tuple[str, str, str], list[dict[str, Any]]] = {pair: [] for pair in pairs}
     worker_args = ["--reps", str(args.reps), "--min-share", str(args.min_share)]
     worker_args += ["--tries", str(args.tries)]
     # Rounds interleave the pairs (ABAB, not AABB), so a busy spell on the machine hits
     # every pair alike instead of whichever ran during it.
     for _ in range(args.rounds):
-        for build, quant in pairs:
+        for build, quant, flash in pairs:
             waited = _wait_idle(args.idle_wait)
-            run = _run(builds[build], ["--worker", str(models[quant]), *worker_args])
-            runs[(build, quant)].append(run | {"waited_idle_s": waited})
+            flash_arg = ["--flash-attn", flash]
+            run = _run(builds[build], ["--worker", str(models[quant]), *worker_args, *flash_arg])
+            runs[(build, quant, flash)].append(run | {"waited_idle_s": waited})
     results = [
-        {"build": b, "quant": q, "model": str(models[q])} | _merge(runs[(b, q)]) for b, q in pairs
+        {"build": b, "quant": q, "flash_attn": fa, "model": str(models[q])}
+        | _merge(runs[(b, q, fa)])
+        for b, q, fa in pairs
     ]
     report = {
         "cpu": _cpu_model(),
@@ -339,7 +360,7 @@ def main() -> None:
         "reps_per_round": args.reps,
         "units": "tokens/s: medians of rounds x reps samples; best: the highest sample; "
         "cpu_share: the share of 2 cores the worker got for each sample (1.0: all of both)",
-        "summary": {f"{r['build']}/{r['quant']}": _summary(r) for r in results},
+        "summary": {_label(r): _summary(r) for r in results},
         "requantize": requant,
         "results": results,
     }
