@@ -414,9 +414,13 @@ def group_sums(chunks: Sequence[Chunk], vectors: np.ndarray) -> dict[Group, Grou
 
 
 def unit_rows(vectors: np.ndarray) -> np.ndarray:
-    """float32 rows of norm 1 (a zero row stays zero)."""
+    """float32 rows of norm 1 (a zero row stays zero); rows that are already unit
+    (a snapshot's, the store's) come back as they are, without a 3 KB/chunk copy."""
     vectors = np.asarray(vectors, dtype=np.float32)
-    return vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
+    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+    if np.allclose(norms, 1.0, atol=1e-4):
+        return vectors
+    return vectors / np.maximum(norms, 1e-12)
 
 
 def group_of(chunk: Chunk) -> Group:
@@ -619,9 +623,7 @@ class DenseIndex:
         vectors = np.asarray(vectors, dtype=np.float32)
         if not chunks:
             vectors = np.zeros((0, 1), dtype=np.float32)
-        norms = np.linalg.norm(vectors, axis=1, keepdims=True)
-        if not np.allclose(norms, 1.0, atol=1e-4):  # a snapshot's are: no 3 KB/chunk copy
-            vectors = unit_rows(vectors)
+        vectors = unit_rows(vectors)
         table = GroupBiases.build(group_sums(chunks, vectors))
         rows = np.array([table.rows[group_of(c)] for c in chunks], dtype=np.int64)
         return cls(chunks, vectors, rows, table.matrix)

@@ -28,6 +28,7 @@ from rag.retrieve import (
     merge_chunks,
     merge_overlapping,
     reciprocal_rank_fusion,
+    unit_rows,
 )
 
 from .conftest import SEEDS
@@ -767,3 +768,11 @@ def test_group_sums_add_up_to_the_means_of_normalized_vectors() -> None:
     english = sums[(chunks[0].path, "en")]
     assert english.count == 2 and np.allclose(english.vector, [1.0, 1.0])
     assert np.allclose(sums[("a.txt", "de")].vector, [2**-0.5, 2**-0.5])
+
+
+def test_unit_rows_normalizes_and_keeps_unit_rows_without_a_copy() -> None:
+    raw = np.array([[3.0, 4.0], [0.0, 0.0]], dtype=np.float32)
+    normalized = unit_rows(raw)
+    assert np.allclose(normalized, [[0.6, 0.8], [0.0, 0.0]])  # a zero row stays zero
+    unit = np.array([[0.6, 0.8], [1.0, 0.0]], dtype=np.float32)
+    assert unit_rows(unit) is unit  # already unit (a snapshot's rows): not copied
