@@ -243,15 +243,29 @@ def _evidence(event: Retrieved) -> dict[str, Any]:
 
 
 def _warm_up(engine: Engine, settings: Settings, state: dict[str, Any]) -> None:
-    """Load the embedder, open the store and cache the LLM's fixed prompt, so the first
-    question pays for nothing else. Failures are left for that question to report."""
+    """Load the embedder, the language detector's models, open the store and cache the
+    LLM's fixed prompt, so the first question pays for nothing else. Failures are left
+    for that question to report."""
     with contextlib.suppress(Exception):
         engine.embedder.embed_query("warm-up")
+    with contextlib.suppress(Exception):
+        _warm_up_detection()
     with contextlib.suppress(Exception):
         engine.search("warm-up", 1)
     with contextlib.suppress(Exception):
         engine.prime(settings.llm)
     state["ready"] = True
+
+
+def _warm_up_detection() -> None:
+    """Detect one sentence of each registry language (its refusal message): lingua
+    loads a language's models when it first weighs it, 0.2-3 s that the first question
+    in that language would otherwise wait for."""
+    from rag.answer import localized
+    from rag.language import detect_language
+
+    for sentence in localized("refusal.json").values():
+        detect_language(sentence)
 
 
 def is_loopback(host: str) -> bool:

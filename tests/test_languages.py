@@ -76,3 +76,16 @@ def test_short_follow_up_keeps_the_conversation_language() -> None:
     assert detect_language("Und?", conversation="de") == "de"
     # a real question in another language is not forced into the conversation's
     assert detect_language(QUESTIONS["fr"], conversation="de") == "fr"
+
+
+def test_the_servers_warm_up_weighs_every_registry_language() -> None:
+    # rag serve's warm-up detects each language's refusal message so that lingua loads
+    # every language's models before the first question: each must be recognized as
+    # its own language, or the warm-up would have skipped that language's models
+    from rag.server import _warm_up_detection
+
+    _warm_up_detection()
+    messages = json.loads((PROMPTS_DIR / "refusal.json").read_text(encoding="utf-8"))
+    assert {code: detect_language(text) for code, text in messages.items()} == {
+        code: code for code in LANGUAGES
+    }
