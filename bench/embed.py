@@ -44,6 +44,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from rag.config import Settings  # noqa: E402
+from rag.cpu import cpu_model  # noqa: E402
 
 GOLDEN = ROOT / "tests" / "qa" / "golden.jsonl"
 SEEDS = ROOT / "seeds"
@@ -210,15 +211,7 @@ def measure(runtimes: list[str], runs: int, golden: bool, work: Path) -> dict[st
 
 
 def machine() -> dict[str, Any]:
-    model = next(
-        (
-            line.split(":", 1)[1].strip()
-            for line in Path("/proc/cpuinfo").read_text().splitlines()
-            if line.startswith("model name")
-        ),
-        "unknown",
-    )
-    return {"cpu": model, "cpus": os.cpu_count(), "load_average": os.getloadavg()}
+    return {"cpu": cpu_model(), "cpus": os.cpu_count(), "load_average": os.getloadavg()}
 
 
 def main() -> None:

@@ -18,13 +18,21 @@ share is reported, so a contended figure shows as one.
 Each result names the CPU backend library the process really mapped (/proc/self/maps).
 
     .venv/bin/python bench/llm.py --build avx2=/tmp/lcp-avx2 --build dispatch=/tmp/lcp-dl \
-        [--quant q4_k_m --quant q4_0] [--rounds 3] [--reps 2]
+        [--quant q4_k_m --quant q4_0] [--repack auto|on|off|both] [--rounds 3] [--reps 2]
 
-q4_0, iq4_nl, q8_0, f16 and bf16 are the packaged Q4_K_M requantized once into the
-model cache (allow_requantize): llama.cpp repacks q4_0 and iq4_nl for faster CPU prompt
-processing, q8_0's int8 blocks go straight into AVX-512 VNNI dot products, and bf16
-matrices into AVX-512 BF16 ones (prompt processing is compute-bound; decoding reads
-every weight per token, so the wider types decode slower).
+q4_0, iq4_nl, q8_0, f16, bf16 and q4_k are the packaged Q4_K_M requantized once into
+the model cache (allow_requantize): llama.cpp repacks q4_0 and iq4_nl for faster CPU
+prompt processing, q8_0's int8 blocks go straight into AVX-512 VNNI dot products, and
+bf16 matrices into AVX-512 BF16 ones (prompt processing is compute-bound; decoding reads
+every weight per token, so the wider types decode slower). q4_k requantizes only the
+Q6_K matrices of Q4_K_M's mix (ffn_down and attn_v of half the layers) to Q4_K, since
+on x86 llama.cpp repacks Q4_K but Q6_K only on ARM. Its Q4_K matrices are copied
+unchanged, and the output matrix stays Q6_K (only the last prompt token's logits are
+computed, so it costs no prompt time).
+
+--repack loads the model with or without llama.cpp's weight repacking (its CPU_REPACK
+buffer, rag.llm.weight_repacking); `auto` measures what the app does on this CPU
+(RAG_LLM_REPACK), `both` measures the two side by side.
 """
 
 from __future__ import annotations
@@ -43,13 +51,19 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from rag.cpu import cpu_model  # noqa: E402
+
 THREADS = 2
 PROMPTS = (300, 600)
 DECODE = 64
 N_CTX = 4096  # the app's context window (RAG_LLM_CONTEXT default)
 N_BATCH = 512  # the app's batch
 # llama.cpp's llama_ftype of each requantized type
-REQUANT_FTYPES = {"q4_0": 2, "q8_0": 7, "iq4_nl": 25, "f16": 1, "bf16": 32}
+REQUANT_FTYPES = {"q4_0": 2, "q8_0": 7, "iq4_nl": 25, "f16": 1, "bf16": 32, "q4_k": 15}
+# Types quantized "pure" (every matrix to the ftype's base type) but for the output
+# matrix, kept at Q6_K: llama.cpp copies a tensor already of its target type unchanged.
+PURE_KEEP_OUTPUT = {"q4_k"}
+GGML_TYPE_Q6_K = 14
 
 
 # ------------------------------------------------------------------- in the worker
@@ -140,22 +154,25 @@ class _Samples:
 
 
 def worker(
-    model: Path, reps: int, min_share: float, tries: int, flash_attn: bool
+    model: Path, reps: int, min_share: float, tries: int, flash_attn: bool, repack: bool
 ) -> dict[str, Any]:
     """One build, one model: load, warm up, then `reps` rounds of each measurement."""
     import llama_cpp
 
+    from rag.llm import weight_repacking
+
     _load_backends(llama_cpp)
     started = time.perf_counter()
-    llm = llama_cpp.Llama(
-        model_path=str(model),
-        n_threads=THREADS,
-        n_threads_batch=THREADS,
-        n_ctx=N_CTX,
-        n_batch=N_BATCH,
-        flash_attn=flash_attn,
-        verbose=False,
-    )
+    with weight_repacking(repack):
+        llm = llama_cpp.Llama(
+            model_path=str(model),
+            n_threads=THREADS,
+            n_threads_batch=THREADS,
+            n_ctx=N_CTX,
+            n_batch=N_BATCH,
+            flash_attn=flash_attn,
+            verbose=False,
+        )
     load_s = time.perf_counter() - started
     tokens = _seed_tokens(llm)
     _prefill(llm, tokens[:32])  # warm-up: first touch of the weights
@@ -178,15 +195,17 @@ def worker(
     }
 
 
-def requantize_gguf(src: Path, dest: Path, threads: int, ftype: int) -> Path:
-    """`src` requantized to `ftype` (REQUANT_FTYPES) into `dest`, which appears only
+def requantize_gguf(src: Path, dest: Path, threads: int, quant: str) -> Path:
+    """`src` requantized to `quant` (REQUANT_FTYPES) into `dest`, which appears only
     when done."""
     import ctypes
 
     import llama_cpp
 
     params = llama_cpp.llama_model_quantize_default_params()
-    params.ftype, params.nthread, params.allow_requantize = ftype, threads, True
+    params.ftype, params.nthread, params.allow_requantize = REQUANT_FTYPES[quant], threads, True
+    if quant in PURE_KEEP_OUTPUT:
+        params.pure, params.output_tensor_type = True, GGML_TYPE_Q6_K
     tmp = dest.with_name(f".{dest.name}.{os.getpid()}.tmp")
     try:
         if llama_cpp.llama_model_quantize(bytes(src), bytes(tmp), ctypes.byref(params)):
@@ -199,7 +218,7 @@ def requantize_gguf(src: Path, dest: Path, threads: int, ftype: int) -> Path:
 
 def requantize_worker(src: Path, dest: Path, quant: str) -> dict[str, Any]:
     started = time.perf_counter()
-    requantize_gguf(src, dest, threads=THREADS, ftype=REQUANT_FTYPES[quant])
+    requantize_gguf(src, dest, threads=THREADS, quant=quant)
     return {
         "path": str(dest),
         "bytes": dest.stat().st_size,
@@ -243,12 +262,6 @@ def _run(build: str, args: list[str]) -> dict[str, Any]:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def _cpu_model() -> str:
-    out = subprocess.run(["lscpu"], capture_output=True, text=True, check=False).stdout
-    lines = [ln.split(":", 1)[1].strip() for ln in out.splitlines() if ln.startswith("Model name")]
-    return lines[0] if lines else "?"
-
-
 def _models(quants: list[str], requant_build: str) -> tuple[dict[str, Path], dict[str, Any]]:
     from rag.config import Settings
     from rag.models import ensure_llm_gguf
@@ -290,7 +303,8 @@ def _merge(runs: list[dict[str, Any]]) -> dict[str, Any]:
 
 def _label(result: dict[str, Any]) -> str:
     flash = "+flash_attn" if result["flash_attn"] == "on" else ""
-    return f"{result['build']}/{result['quant']}{flash}"
+    unpacked = "+no_repack" if result["repack"] == "off" else ""
+    return f"{result['build']}/{result['quant']}{flash}{unpacked}"
 
 
 def _summary(result: dict[str, Any]) -> dict[str, Any]:
@@ -301,6 +315,18 @@ def _summary(result: dict[str, Any]) -> dict[str, Any]:
         "median_cpu_share": shares,
         "cpu_backend": result["cpu_backend"],
     }
+
+
+def _repack_modes(choice: str) -> list[str]:
+    if choice == "both":
+        return ["on", "off"]
+    if choice == "auto":
+        from rag.config import Settings
+        from rag.cpu import cpu_flags
+        from rag.llm import repacks_weights
+
+        return ["on" if repacks_weights(Settings.from_env().llm_repack, cpu_flags()) else "off"]
+    return [choice]
 
 
 def _parse() -> argparse.Namespace:
@@ -318,6 +344,13 @@ def _parse() -> argparse.Namespace:
         default="off",
         help="llama.cpp's flash attention (the app runs without it); both: side by side",
     )
+    parser.add_argument(
+        "--repack",
+        choices=["auto", "on", "off", "both"],
+        default="auto",
+        help="llama.cpp's weight repacking (auto: as the app decides on this CPU, "
+        "RAG_LLM_REPACK); both: side by side",
+    )
     parser.add_argument("--worker", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--requantize", nargs=3, help=argparse.SUPPRESS)
     return parser.parse_args()
@@ -326,8 +359,9 @@ def _parse() -> argparse.Namespace:
 def main() -> None:
     args = _parse()
     if args.worker:
-        flash = args.flash_attn == "on"
-        print(json.dumps(worker(args.worker, args.reps, args.min_share, args.tries, flash)))
+        flash, repack = args.flash_attn == "on", args.repack == "on"
+        result = worker(args.worker, args.reps, args.min_share, args.tries, flash, repack)
+        print(json.dumps(result))
         return
     if args.requantize:
         src, dest, quant = args.requantize
@@ -336,25 +370,28 @@ def main() -> None:
     builds = dict(b.split("=", 1) for b in args.build) or {"installed": "-"}
     models, requant = _models(args.quant or ["q4_k_m"], list(builds.values())[-1])
     flash_modes = {"off": ["off"], "on": ["on"], "both": ["off", "on"]}[args.flash_attn]
-    pairs = [(b, q, fa) for b in builds for q in models for fa in flash_modes]
-    runs: dict[tuple[str, str, str], list[dict[str, Any]]] = {pair: [] for pair in pairs}
+    repack_modes = _repack_modes(args.repack)
+    pairs = [
+        (b, q, fa, rp) for b in builds for q in models for fa in flash_modes for rp in repack_modes
+    ]
+    runs: dict[tuple[str, ...], list[dict[str, Any]]] = {pair: [] for pair in pairs}
     worker_args = ["--reps", str(args.reps), "--min-share", str(args.min_share)]
     worker_args += ["--tries", str(args.tries)]
     # Rounds interleave the pairs (ABAB, not AABB), so a busy spell on the machine hits
     # every pair alike instead of whichever ran during it.
     for _ in range(args.rounds):
-        for build, quant, flash in pairs:
+        for build, quant, flash, repack in pairs:
             waited = _wait_idle(args.idle_wait)
-            flash_arg = ["--flash-attn", flash]
-            run = _run(builds[build], ["--worker", str(models[quant]), *worker_args, *flash_arg])
-            runs[(build, quant, flash)].append(run | {"waited_idle_s": waited})
+            modes = ["--flash-attn", flash, "--repack", repack]
+            run = _run(builds[build], ["--worker", str(models[quant]), *worker_args, *modes])
+            runs[(build, quant, flash, repack)].append(run | {"waited_idle_s": waited})
     results = [
-        {"build": b, "quant": q, "flash_attn": fa, "model": str(models[q])}
-        | _merge(runs[(b, q, fa)])
-        for b, q, fa in pairs
+        {"build": b, "quant": q, "flash_attn": fa, "repack": rp, "model": str(models[q])}
+        | _merge(runs[(b, q, fa, rp)])
+        for b, q, fa, rp in pairs
     ]
     report = {
-        "cpu": _cpu_model(),
+        "cpu": cpu_model(),
         "threads": THREADS,
         "rounds": args.rounds,
         "reps_per_round": args.reps,

@@ -39,6 +39,8 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 from query import llm_questions, percentiles  # noqa: E402
 
+from rag.cpu import cpu_model  # noqa: E402
+
 
 def start(store: Path, llm: str) -> tuple[subprocess.Popen[str], str]:
     env = {**os.environ, "RAG_STORE": str(store), "RAG_DOCS": str(ROOT / "seeds")}
@@ -201,20 +203,13 @@ def main() -> None:
         if args.store is None:
             index_seeds(store)
         result: dict[str, Any] = {
-            "cpu": _cpu_model(),
+            "cpu": cpu_model(),
             "load_average": round(os.getloadavg()[0], 2),
             "concurrent": concurrent_bench(store, args.clients, args.requests),
         }
         if not args.skip_llm:
             result["llm"] = llm_bench(store, args.questions, args.runs)
     print(json.dumps(result, indent=2))
-
-
-def _cpu_model() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return "unknown"
 
 
 if __name__ == "__main__":

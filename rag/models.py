@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import numpy as np
 
 from rag.config import PACKAGED_EMBED_MODEL, Settings
+from rag.cpu import cpu_flags
 from rag.e5_folder import (
     E5_MODEL_NAME,
     E5_PROMPTS,
@@ -28,6 +29,7 @@ from rag.e5_folder import (
 )
 from rag.e5_onnx import ensure_e5_onnx, load_onnx_e5, onnx_folder_path, onnx_is_current, onnx_source
 from rag.gguf import LLM_FILENAME, LLM_SHA256, ensure_llm_gguf, verified
+from rag.llm import repacks_weights
 from rag.records import ModelError, Progress, one_line
 
 if TYPE_CHECKING:
@@ -243,6 +245,8 @@ def model_status(settings: Settings) -> dict[str, Any]:
         "llm_path": str(gguf),
         "llm_sha256": LLM_SHA256,
         "llm_present": verified(gguf, LLM_SHA256),
+        # whether the local model's weights are repacked on this CPU (RAG_LLM_REPACK)
+        "llm_repack": repacks_weights(settings.llm_repack, cpu_flags()),
     }
     if settings.embed_base_url:
         # Nothing local to check: the server is asked when the first text is embedded.

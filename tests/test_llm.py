@@ -21,7 +21,7 @@ from rag.answer import fixed_messages
 from rag.config import ConfigError, Settings
 from rag.engine import Delta, Engine, Finished, Retrieved
 from rag.indexer import index_folder
-from rag.llm import PrefillMeter, context_budget
+from rag.llm import TILED_PROMPT_FLAGS, PrefillMeter, context_budget, repacks_weights
 
 from .conftest import ROOT, SEEDS
 
@@ -220,6 +220,27 @@ def test_context_tokens_setting_is_a_number_or_auto(monkeypatch: pytest.MonkeyPa
         Settings.from_env()
 
 
+ZEN4 = frozenset({"avx2", "avx512f", "avx512bw", "avx512vl", "avx512_vnni", "avx512_bf16"})
+
+
+def test_weights_are_left_unpacked_only_where_the_tiled_prompt_kernel_wins() -> None:
+    assert TILED_PROMPT_FLAGS <= ZEN4
+    assert not repacks_weights("auto", ZEN4)  # measured: prompts ~1.4x faster unpacked
+    assert repacks_weights("auto", frozenset({"avx", "avx2", "fma"}))  # AVX2: repacked
+    assert repacks_weights("auto", ZEN4 - {"avx512_vnni"})  # AVX-512 without VNNI
+    assert repacks_weights("auto", frozenset())  # nothing known (not Linux)
+    assert repacks_weights("on", ZEN4) and not repacks_weights("off", frozenset({"avx2"}))
+
+
+def test_llm_repack_setting_is_auto_on_or_off(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert Settings.from_env().llm_repack == "auto"
+    monkeypatch.setenv("RAG_LLM_REPACK", "OFF")
+    assert Settings.from_env().llm_repack == "off"
+    monkeypatch.setenv("RAG_LLM_REPACK", "fast")
+    with pytest.raises(ConfigError, match="RAG_LLM_REPACK='fast' must be one of: auto, on, off"):
+        Settings.from_env()
+
+
 @pytest.mark.llm
 def test_local_model_measures_its_prompt_speed_while_warming_up(
     seed_settings: Settings, embedder
@@ -227,7 +248,11 @@ def test_local_model_measures_its_prompt_speed_while_warming_up(
     engine = Engine(seed_settings)
     engine._embedder = embedder
     engine.prime("local")
-    speed = engine.backend("local").prefill.tokens_per_s  # type: ignore[union-attr]
+    backend = engine.backend("local")
+    speed = backend.prefill.tokens_per_s  # type: ignore[union-attr]
     assert speed is not None and 5 < speed < 5000
+    # the model was loaded as this CPU's RAG_LLM_REPACK=auto decided
+    loaded = backend._llm._model.model_params.use_extra_bufts  # type: ignore[union-attr]
+    assert loaded == backend.repack  # type: ignore[union-attr]
     answer = engine.ask("How many innovative startups does Dong Nai have?", llm="local")
     assert 200 <= answer.timings["context_tokens"] <= 1500

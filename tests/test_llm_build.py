@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -22,6 +23,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
+from rag.cpu import cpu_flags
+
+from .conftest import ROOT
 
 AMX_VARIANTS = ("sapphirerapids",)  # the x86 variants of GGML_CPU_ALL_VARIANTS with AMX
 AMX_INSN = re.compile(r"\s(ldtilecfg|sttilecfg|tileloadd\w*|tilestored|tilezero|tdp\w+)\s")
@@ -54,6 +59,22 @@ print(json.dumps({"finite": bool(np.isfinite(logits).all()),
 """
 
 
+# The same decode, loaded with or without llama.cpp's weight repacking (rag.llm's
+# switch), with llama.cpp's load log on stderr: it names the CPU_REPACK buffer it fills.
+DECODE_REPACK = r"""
+import json, sys
+import llama_cpp, numpy as np
+from rag.llm import weight_repacking
+
+with weight_repacking(sys.argv[2] == "on"):
+    llm = llama_cpp.Llama(model_path=sys.argv[1], n_threads=2, n_ctx=256, verbose=True)
+llm.eval(llm.tokenize(b"The capital of France is", add_bos=False))
+logits = np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(llm.ctx, -1), (llm.n_vocab(),))
+print(json.dumps({"finite": bool(np.isfinite(logits).all()),
+                  "next": llm.detokenize([int(logits.argmax())]).decode(errors="replace")}))
+"""
+
+
 def _lib_dir() -> Path:
     spec = importlib.util.find_spec("llama_cpp")  # without loading the libraries here
     assert spec and spec.origin, "llama-cpp-python is not installed: run `make setup`"
@@ -61,6 +82,11 @@ def _lib_dir() -> Path:
 
 
 def _run(script: str, cwd: Path, *args: str) -> dict[str, Any]:
+    return _run_logged(script, cwd, *args)[0]
+
+
+def _run_logged(script: str, cwd: Path, *args: str) -> tuple[dict[str, Any], str]:
+    """The script's JSON result and its stderr; `rag` importable from any folder."""
     done = subprocess.run(
         [sys.executable, "-c", script, *args],
         cwd=cwd,
@@ -68,9 +94,10 @@ def _run(script: str, cwd: Path, *args: str) -> dict[str, Any]:
         text=True,
         timeout=300,
         check=False,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
     )
     assert done.returncode == 0, done.stderr[-2000:]
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    return json.loads(done.stdout.strip().splitlines()[-1]), done.stderr
 
 
 def _amx_instructions(lib: Path) -> list[str]:
@@ -109,17 +136,12 @@ def test_loads_the_best_installed_cpu_backend_without_amx(tmp_path: Path) -> Non
 
 
 def test_loaded_backend_uses_the_widest_vectors_of_this_cpu(tmp_path: Path) -> None:
-    flags = set(re.findall(r"\S+", _cpu_flags()))
+    flags = cpu_flags()
     info = _run(PROBE, tmp_path)["info"]
     if "avx512f" in flags and "avx512bw" in flags:
         assert "AVX512 = 1" in info, info
     elif "avx2" in flags:
         assert "AVX2 = 1" in info, info
-
-
-def _cpu_flags() -> str:
-    text = Path("/proc/cpuinfo").read_text()
-    return next((ln.split(":", 1)[1] for ln in text.splitlines() if ln.startswith("flags")), "")
 
 
 @pytest.mark.llm
@@ -130,3 +152,18 @@ def test_the_packaged_model_decodes_on_the_loaded_backend(tmp_path: Path) -> Non
     gguf = ensure_llm_gguf(Settings.from_env().cache_dir)
     out = _run(DECODE, tmp_path, str(gguf))
     assert out["finite"] and out["next"].strip() == "Paris", out
+
+
+@pytest.mark.llm
+@pytest.mark.parametrize("repack", ["on", "off"])
+def test_the_model_decodes_with_and_without_weight_repacking(tmp_path: Path, repack: str) -> None:
+    from rag.config import Settings
+    from rag.models import ensure_llm_gguf
+
+    gguf = ensure_llm_gguf(Settings.from_env().cache_dir)
+    out, log = _run_logged(DECODE_REPACK, tmp_path, str(gguf), repack)
+    assert out["finite"] and out["next"].strip() == "Paris", out
+    if repack == "off":  # what RAG_LLM_REPACK=auto picks on AVX-512 VNNI
+        assert "CPU_REPACK" not in log, log[-2000:]
+    elif "avx2" in cpu_flags():  # llama.cpp repacks Q4_K for AVX2 and wider
+        assert "CPU_REPACK model buffer" in log, log[-2000:]

@@ -18,8 +18,10 @@ import pytest
 import rag.e5_folder as e5_build
 from rag import gguf, models
 from rag.config import PACKAGED_EMBED_MODEL, Settings
+from rag.cpu import cpu_flags
 from rag.e5_folder import ensure_e5_folder
 from rag.gguf import LLM_FILENAME, LLM_SHA256, LLM_SIZE, ensure_llm_gguf
+from rag.llm import repacks_weights
 from rag.models import (
     Embedder,
     ModelError,
@@ -234,6 +236,7 @@ def test_model_status_is_fast(cache_dir: Path, e5_folder: Path):
     assert status["embed_ready"] is True
     assert len(status["embed_hash"]) == 64
     assert status["llm_path"].endswith(LLM_FILENAME)
+    assert status["llm_repack"] is repacks_weights("auto", cpu_flags())
 
 
 # ------------------------------------------------------------------------------ LLM
