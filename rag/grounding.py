@@ -87,8 +87,7 @@ def ground(
             continue
         chosen, moved = support
         recited += moved
-        numbers = tuple(dict.fromkeys(n for n, _ in chosen)) if moved else claim.numbers
-        shown.append(Claim(claim.text, numbers))
+        shown.append(Claim(claim.text, _supporting_numbers(claim, chosen, moved)))
         for n, sentence in chosen:
             citation = by_number[n].citation(sentence)
             best.setdefault((n, citation.quote), citation)
@@ -97,7 +96,11 @@ def ground(
         return Grounded("", [], refused=True, dropped=dropped)
     if not best:
         return None
-    unchanged = len(shown) == len(parts) and not recited
+    unchanged = (
+        len(shown) == len(parts)
+        and not recited
+        and all(c.numbers == o.numbers for c, o in zip(shown, parts, strict=True))
+    )
     text = cleaned if unchanged else " ".join(_with_markers(c) for c in shown)
     cited = sorted(best.values(), key=lambda c: (c.n, c.lines))
     if not any(c.numbers for c in shown):
@@ -210,6 +213,16 @@ def _discriminating(names: set[str], texts: list[str]) -> set[str]:
 
 def _closest(sentences: list[Sentence], vector: np.ndarray) -> Sentence:
     return max(sentences, key=lambda s: s.similarity(vector))
+
+
+def _supporting_numbers(
+    claim: Claim, chosen: list[tuple[int, Sentence]], moved: bool
+) -> tuple[int, ...]:
+    """The claim's markers: the sources whose sentences support it. Of the sources it
+    cited, only those (one sentence may state it all, and the other cited source
+    nothing of it); cited elsewhere (`moved`), those sources."""
+    supporting = tuple(dict.fromkeys(n for n, _ in chosen))
+    return supporting if moved else tuple(n for n in claim.numbers if n in supporting)
 
 
 def _with_markers(claim: Claim) -> str:

@@ -213,6 +213,21 @@ def test_ground_recites_a_claim_to_the_sentence_that_states_it() -> None:
     assert [c.path for c in grounded.citations] == ["b.txt"]
 
 
+def test_ground_keeps_only_the_markers_of_sources_that_state_the_claim() -> None:
+    # found in a golden answer: "... [1] [2]" where only [1]'s sentence states the claim
+    # kept [2] in the text with no citation for it
+    sources = evidence("startups Dong Nai Quang Ninh").select(200)
+    n_a = next(s.n for s in sources if s.hit.chunk.path == "a.txt")
+    n_b = next(s.n for s in sources if s.hit.chunk.path == "b.txt")
+    grounded = ground(
+        f"Dong Nai has about 90 innovative startups [{n_a}] [{n_b}].", sources, EMBEDDER
+    )
+    assert grounded is not None and not grounded.refused
+    assert grounded.support() == {"supported": 1, "recited": 0, "dropped": 0}
+    assert grounded.text == f"Dong Nai has about 90 innovative startups [{n_a}]."
+    assert [c.path for c in grounded.citations] == ["a.txt"]
+
+
 def test_ground_refuses_a_reply_that_says_the_sources_lack_the_fact() -> None:
     sources = evidence("weather Berlin").select(200)
     for reply in (
