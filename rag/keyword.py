@@ -39,7 +39,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from rag.languages import stemmer_names
-from rag.names import capitalized_name, starts_sentence
+from rag.names import capitalized_name, is_english_word, starts_sentence
 from rag.records import Chunk
 from rag.tuning import MAX_DF_FRACTION, MIN_DF_CHUNKS
 
@@ -191,15 +191,6 @@ class QueryTerm:
     capitalized: bool = False
 
 
-def _is_english_word(word: str) -> bool:
-    """English Title Case ("Ministry of Science") is the usual capitalized word that is
-    no name; the English stemmer changing it (beyond a plural or genitive "s") marks a
-    word as English. Vietnamese, Chinese or Korean names are left alone by it."""
-    lower = word.lower()
-    stem = _STEMMERS.token(lower, "english")
-    return stem not in (fold(lower), fold(lower.removesuffix("s")))
-
-
 def _is_neutral(text: str, match: re.Match[str]) -> bool | None:
     """Words with digits, acronyms, and names (capitalized inside a sentence); None for
     a capitalized first word of a sentence, which may or may not be a name."""
@@ -209,7 +200,7 @@ def _is_neutral(text: str, match: re.Match[str]) -> bool | None:
     name = capitalized_name(text, match.start())
     if not name:
         return name  # not capitalized (False), or the first word of a sentence (None)
-    return bool(_CYRILLIC.match(word)) or not _is_english_word(word)
+    return bool(_CYRILLIC.match(word)) or not is_english_word(word)
 
 
 def _is_code(word: str) -> bool:
