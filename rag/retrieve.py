@@ -551,7 +551,7 @@ def _server_balanced_query(store: Store, vector: np.ndarray, n: int) -> list[tup
             full = len(hits) == size  # fewer: every chunk of the language was seen
             ceiling[language] = min(hits[-1][1], top or 1.0) if full else None
         short = ranking.short(found, ceiling)
-    return ranking.best(found)
+    return ranking.best()
 
 
 class _ServerRanking:
@@ -566,6 +566,7 @@ class _ServerRanking:
         self.least = {
             lang: float(self.shares[rows].min()) for lang, rows in biases.language_rows.items()
         }
+        self.ranked: list[tuple[float, Chunk, float]] = []  # as the last `short` scored them
 
     def scored(self, found: dict[str, float]) -> list[tuple[float, Chunk, float]]:
         """(cosine - bias, chunk, cosine), best first."""
@@ -577,13 +578,15 @@ class _ServerRanking:
 
     def short(self, found: dict[str, float], ceiling: dict[str, float | None]) -> list[str]:
         """The languages that may hold an unseen chunk better than the n-th found."""
-        scored = self.scored(found)
-        nth = scored[self.n - 1][0] if len(scored) >= self.n else -np.inf
+        self.ranked = self.scored(found)
+        nth = self.ranked[self.n - 1][0] if len(self.ranked) >= self.n else -np.inf
         open_ = {lang: top for lang, top in ceiling.items() if top is not None}
         return [lang for lang, top in open_.items() if top - self.least[lang] > nth]
 
-    def best(self, found: dict[str, float]) -> list[tuple[Chunk, float]]:
-        return [(chunk, similarity) for _, chunk, similarity in self.scored(found)[: self.n]]
+    def best(self) -> list[tuple[Chunk, float]]:
+        """The n best of the candidates `short` last saw: the search stops only once
+        `short` finds no language left to ask, so those are all of them."""
+        return [(chunk, similarity) for _, chunk, similarity in self.ranked[: self.n]]
 
 
 def _chunks_of(
