@@ -322,8 +322,7 @@ def _repack_modes(choice: str) -> list[str]:
         return ["on", "off"]
     if choice == "auto":
         from rag.config import Settings
-        from rag.cpu import cpu_flags
-        from rag.llm import repacks_weights
+        from rag.cpu import cpu_flags, repacks_weights
 
         return ["on" if repacks_weights(Settings.from_env().llm_repack, cpu_flags()) else "off"]
     return [choice]

@@ -76,7 +76,7 @@ class Settings:
     llm_threads: int = field(default_factory=lambda: os.cpu_count() or 2)
     # llama.cpp's weight repacking (CPU_REPACK): "auto" repacks except on CPUs with
     # AVX-512 VNNI, where the unpacked weights take llama.cpp's tiled prompt kernel
-    # (prompt processing about 1.4x faster, see rag.llm.repacks_weights); "on", "off".
+    # (prompt processing about 1.4x faster, see rag.cpu.repacks_weights); "on", "off".
     llm_repack: str = "auto"
     llm_context: int = 4096
     llm_max_tokens: int = 384

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from rag.config import Settings
-from rag.cpu import cpu_flags
+from rag.cpu import cpu_flags, repacks_weights
 from rag.records import UserError, one_line
 from rag.tuning import LLM_REPEAT_PENALTY, LLM_TEMPERATURE, LLM_TOP_P
 
@@ -32,9 +32,6 @@ AUTO_REMOTE_TOKENS = 1000  # an LLM server (GPU) processes prompts far faster th
 QUESTION_TOKENS = 80
 FIRST_DECODE_S = 0.1  # one decode step of the 1.5B model on 2 cores, ~12 tokens/s
 CHATML_STOP = ["<|im_end|>", "<|endoftext|>", "<|im_start|>"]
-# CPUs whose llama.cpp build (the zen4 variant measured) runs prompts faster from the
-# model's own Q4_K/Q6_K layout than from the repacked one (see repacks_weights).
-TILED_PROMPT_FLAGS = frozenset({"avx512f", "avx512bw", "avx512vl", "avx512_vnni"})
 _LOAD_LOCK = threading.Lock()
 
 
@@ -102,23 +99,6 @@ def context_budget(
         return AUTO_UNMEASURED_TOKENS
     budget = (target_s - elapsed_s - FIRST_DECODE_S) * speed - QUESTION_TOKENS
     return int(min(AUTO_MAX_TOKENS, max(AUTO_MIN_TOKENS, budget)))
-
-
-def repacks_weights(setting: str, flags: frozenset[str]) -> bool:
-    """Whether llama.cpp should repack the model's weights (RAG_LLM_REPACK).
-
-    Repacking (its CPU_REPACK buffer) interleaves Q4_K rows for its own matrix kernels,
-    and a repacked matrix no longer goes to llama.cpp's tiled matmul, which processes
-    prompts faster on AVX-512 VNNI. Measured with bench/llm.py --repack both on a Zen 4
-    (zen4 variant): unpacked, prompts ~1.4x faster and decoding ~0.85x; on the AVX2
-    build prompt speed is the same either way and repacked weights decode faster. An
-    answer's first token is mostly its prompt, so `auto` unpacks where the tiled kernel
-    wins and repacks elsewhere; unpacked weights also stay memory-mapped (~0.6 GB less
-    resident memory).
-    """
-    if setting != "auto":
-        return setting == "on"
-    return not TILED_PROMPT_FLAGS.issubset(flags)
 
 
 @contextmanager

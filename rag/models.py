@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import numpy as np
 
 from rag.config import PACKAGED_EMBED_MODEL, Settings
-from rag.cpu import cpu_flags
+from rag.cpu import cpu_flags, repacks_weights
 from rag.e5_folder import (
     E5_MODEL_NAME,
     E5_PROMPTS,
@@ -29,7 +29,6 @@ from rag.e5_folder import (
 )
 from rag.e5_onnx import ensure_e5_onnx, load_onnx_e5, onnx_folder_path, onnx_is_current, onnx_source
 from rag.gguf import LLM_FILENAME, LLM_SHA256, ensure_llm_gguf, verified
-from rag.llm import repacks_weights
 from rag.records import ModelError, Progress, one_line
 
 if TYPE_CHECKING:

@@ -456,7 +456,7 @@ def test_readme_example_runs(
 # The steps of the README's diagram, from the files to the faces; a module may import
 # modules of its own step and of the steps before it, never of a later one.
 STEPS = [
-    {"records", "config", "tuning", "names", "languages"},  # shared by every step
+    {"records", "config", "tuning", "names", "languages", "cpu"},  # shared by every step
     {"files", "decoding", "cleaning", "language", "locations", "formats", "formats_markup"}
     | {"ocr", "ingest"},
     {"chunking"},

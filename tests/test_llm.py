@@ -19,9 +19,10 @@ import pytest
 
 from rag.answer import fixed_messages
 from rag.config import ConfigError, Settings
+from rag.cpu import TILED_PROMPT_FLAGS, repacks_weights
 from rag.engine import Delta, Engine, Finished, Retrieved
 from rag.indexer import index_folder
-from rag.llm import TILED_PROMPT_FLAGS, PrefillMeter, context_budget, repacks_weights
+from rag.llm import PrefillMeter, context_budget
 
 from .conftest import ROOT, SEEDS
 

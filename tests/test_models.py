@@ -18,10 +18,9 @@ import pytest
 import rag.e5_folder as e5_build
 from rag import gguf, models
 from rag.config import PACKAGED_EMBED_MODEL, Settings
-from rag.cpu import cpu_flags
+from rag.cpu import cpu_flags, repacks_weights
 from rag.e5_folder import ensure_e5_folder
 from rag.gguf import LLM_FILENAME, LLM_SHA256, LLM_SIZE, ensure_llm_gguf
-from rag.llm import repacks_weights
 from rag.models import (
     Embedder,
     ModelError,
