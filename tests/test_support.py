@@ -114,3 +114,19 @@ def test_names_from_nowhere_are_found_and_known_names_are_not() -> None:
     assert unknown_names("Hoàng Đức Thảo chairs it.", sources, "vi") == []
     assert unknown_names("Die Provinz Dong Nai hat 90 Startups.", sources, "de") == []
     assert unknown_names("The Ministry of Science said so.", sources, "en") == []
+
+
+def test_a_name_with_a_short_middle_word_is_known_by_all_its_words() -> None:
+    sources = ["Pham Thi Nham, nestleder i Lam Dong, sa at kapitalen mangler."]
+    assert unknown_names("Ifølge Pham Thi Nham mangler kapital.", sources, "no") == []
+    assert unknown_names("Ifølge Tran Van Long mangler kapital.", sources, "no") == [
+        "Ifølge Tran Van Long"
+    ]
+
+
+def test_a_name_in_the_genitive_is_stated_by_its_plain_form() -> None:
+    evidence = [("Dette er målene til Vietnams bedrifter.", "no"), ("Her er Japans mål.", "no")]
+    claim = facts("Målene til Vietnams forening gjelder 2025–2030.", evidence_names(evidence))
+    assert claim.names
+    assert covers(claim, ["Vietnam har mål for 2025–2030."], NO_GIVEN)
+    assert not covers(claim, ["Japan har mål for 2025–2030."], NO_GIVEN)
