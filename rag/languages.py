@@ -13,6 +13,7 @@ and this table agree.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cache
 
 
 @dataclass(frozen=True)
@@ -241,6 +242,12 @@ def month_spellings() -> dict[str, int]:
         for number, spellings in enumerate(info.months, start=1)
         for spelling in spellings
     }
+
+
+@cache
+def definite_articles() -> frozenset[str]:
+    """Every language's definite articles (lower case)."""
+    return frozenset(word for info in LANGUAGES.values() for word in info.definite)
 
 
 def stemmer_names() -> dict[str, str]:

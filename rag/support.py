@@ -26,7 +26,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from functools import cache, lru_cache
 
-from rag.languages import LANGUAGES, month_spellings, not_found_phrases
+from rag.languages import LANGUAGES, definite_articles, month_spellings, not_found_phrases
 from rag.names import is_english_word, latin_key, name_skeleton, starts_sentence
 
 # Digit groups split by a space ("41 200", "24\u00a0000"), then digit runs with decimal
@@ -37,7 +37,9 @@ _MIN_NAME_KEY = 3  # shorter skeletons ("h" of "Hue") match too many words
 SEQUENCE_CACHE = 4096  # texts (passages, sentences, contexts) of recent answers
 MAX_NAME_WORDS = 6  # "Героя Труда Хоанг Дык Тхао"
 _MIN_WORD_KEY = 4  # a single word's ("Công" -> "cng" is a common Vietnamese word)
-_NAME_WORD = re.compile(r"[^\W\d_][\w'’]*")
+# Kana and Han are no part of a cased word: in "FPT Japanです" the name ends at "n".
+_UNSPACED = "\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\uff66-\uff9f"
+_NAME_WORD = re.compile(rf"[^\W\d_{_UNSPACED}](?:[^\W{_UNSPACED}]|['’])*")
 NOUN_CAPITALIZING = frozenset({"de"})
 
 
@@ -149,11 +151,14 @@ def _capitalized_runs(text: str, openers: bool) -> list[list[str]]:
 def name_runs(text: str) -> list[list[str]]:
     """The names of a text: runs of capitalized words, a sentence's first word only as
     part of a longer run ("Lam Dong har ...", not "Provinsen har ...")."""
-    return [
-        run
-        for run in _capitalized_runs(text, openers=True)
-        if len(run) > 1 or not _opens_sentence(text, run[0])
-    ]
+    articles = definite_articles()
+    runs = []
+    for run in _capitalized_runs(text, openers=True):
+        if len(run) > 1 and run[0].lower() in articles and _opens_sentence(text, run[0]):
+            run = run[1:]  # "Die Stadt", "The Ministry": an article is no part of a name
+        if len(run) > 1 or not _opens_sentence(text, run[0]):
+            runs.append(run)
+    return runs
 
 
 def _keys(runs: Iterable[list[str]], single_words: bool = True) -> set[str]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 import zlib
+from dataclasses import replace
 
 import numpy as np
 
@@ -306,3 +307,20 @@ def test_prime_sends_the_fixed_prefix_once_and_stops_at_the_first_token() -> Non
     engine._backends["none"] = None
     engine.prime("none")  # no model: nothing to do
     assert len(recorder.prompts) == 1
+
+
+def test_ground_finds_the_city_that_die_stadt_means_in_the_sentence_before() -> None:
+    # "Die Stadt" is an article and a noun, no name: the sentence with the figure names
+    # nothing, so the city is looked for in the sentence before it
+    text = (
+        "Der Direktor von Ho-Chi-Minh-Stadt, Lam Dinh Thang, sprach am Montag.\n"
+        "Die Stadt beherbergt mehr als 140 Unternehmen."
+    )
+    hits = [make_hit("c.txt", text, 1), make_hit("d.txt", "Quang Ninh hat 500 Startups.", 2)]
+    hits = [replace(h, chunk=replace(h.chunk, language="de")) for h in hits]
+    sources = Evidence(hits, EMBEDDER.embed_query("Unternehmen"), EMBEDDER).select(200)
+    n = next(s.n for s in sources if s.hit.chunk.path == "c.txt")
+    reply = f"Ho-Chi-Minh-Stadt hat mehr als 140 Unternehmen [{n}]."
+    grounded = ground(reply, sources, EMBEDDER, "Wie viele Unternehmen hat Ho-Chi-Minh-Stadt?")
+    assert grounded is not None and not grounded.refused
+    assert grounded.support() == {"supported": 1, "recited": 0, "dropped": 0}

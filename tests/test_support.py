@@ -130,3 +130,13 @@ def test_a_name_in_the_genitive_is_stated_by_its_plain_form() -> None:
     assert claim.names
     assert covers(claim, ["Vietnam har mål for 2025–2030."], NO_GIVEN)
     assert not covers(claim, ["Japan har mål for 2025–2030."], NO_GIVEN)
+
+
+def test_a_latin_name_ends_where_kana_or_han_begins() -> None:
+    sources = ["FPT Japan koordinerer med ambassaden."]
+    assert unknown_names("企業はFPT Japanです。", sources, "ja") == []
+    assert unknown_names("企業はSony Groupです。", sources, "ja") == ["Sony Group"]
+
+
+def test_an_article_opening_a_sentence_is_no_part_of_a_name() -> None:
+    assert not evidence_names([("Die Stadt beherbergt mehr als 140 Unternehmen.", "de")])
