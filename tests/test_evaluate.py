@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import xml.etree.ElementTree as ET
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -595,3 +596,20 @@ def test_a_bad_baseline_is_a_user_error(tmp_path: Path) -> None:
     (tmp_path / "other.json").write_text('{"summary": {}, "cases": [{"x": 1}]}', encoding="utf-8")
     with pytest.raises(UserError, match="not a `rag eval --report` file"):
         load_report(tmp_path / "other.json")
+
+
+def test_a_follow_up_may_repeat_the_figures_the_user_asked_about_before() -> None:
+    # "In 2025?" then "And Dong Nai?": the answer's 2025 comes from the conversation,
+    # as the answer path allows it (rag.stages.check), so the claim is supported
+    class Answers:
+        def ask(self, question: str, **kwargs: Any) -> Answer:
+            return answer("In 2025 Dong Nai has about 90 startups [1].", ["b.txt"], [STARTUPS])
+
+    history = (
+        {"role": "user", "content": "How many startups did Can Tho have in 2025?"},
+        {"role": "assistant", "content": "About 40 [1]."},
+    )
+    follow_up = replace(case("x", ["b.txt"], ["90"]), question="And Dong Nai?", history=history)
+    assert evaluate_case(Answers(), follow_up, lookup, detect=english).claim_checks == [True]
+    alone = replace(follow_up, history=())
+    assert evaluate_case(Answers(), alone, lookup, detect=english).claim_checks == [False]

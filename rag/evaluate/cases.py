@@ -107,7 +107,7 @@ def score_case(
         quotes: dict[int, list[str]] = {}
         for citation in answer.citations:
             quotes.setdefault(citation.n, []).append(citation.quote)
-        result.claim_checks = verify_claims(answer.answer, quotes, case.question)
+        result.claim_checks = verify_claims(answer.answer, quotes, _asked(case))
     if not answer.refused:
         result.missing = missing_facts(
             answer.answer, case.must_contain_any, case.must_contain_all, case.must_not_contain
@@ -180,3 +180,10 @@ def evaluate_cases(
         if progress:
             progress(done, len(cases), results[-1])
     return results
+
+
+def _asked(case: GoldenCase) -> str:
+    """What the user has asked so far: the question and the earlier ones of its history,
+    whose numbers and dates an answer may repeat as the answer path lets it."""
+    earlier = [m.get("content", "") for m in case.history if m.get("role") == "user"]
+    return "\n".join([*earlier, case.question])
