@@ -142,30 +142,26 @@ class LocalBackend:
         self.repack = repacks_weights(settings.llm_repack, cpu_flags())
         try:
             with weight_repacking(self.repack):
-                self._llm = self._load(LlamaCPP, str(path), settings)
+                self._llm = LlamaCPP(
+                    model_path=str(path),
+                    temperature=LLM_TEMPERATURE,
+                    max_new_tokens=settings.llm_max_tokens,
+                    context_window=settings.llm_context,
+                    generate_kwargs={
+                        "top_p": LLM_TOP_P,
+                        "repeat_penalty": LLM_REPEAT_PENALTY,
+                        "stop": CHATML_STOP,
+                    },
+                    model_kwargs={
+                        "n_threads": settings.llm_threads,
+                        "n_threads_batch": settings.llm_threads,
+                        "n_batch": 512,
+                        "verbose": False,
+                    },
+                    verbose=False,
+                )
         except Exception as exc:
             raise LLMError(f"the local model {path} could not be loaded ({exc})") from exc
-
-    @staticmethod
-    def _load(llamacpp: Any, path: str, settings: Settings) -> Any:
-        return llamacpp(
-            model_path=path,
-            temperature=LLM_TEMPERATURE,
-            max_new_tokens=settings.llm_max_tokens,
-            context_window=settings.llm_context,
-            generate_kwargs={
-                "top_p": LLM_TOP_P,
-                "repeat_penalty": LLM_REPEAT_PENALTY,
-                "stop": CHATML_STOP,
-            },
-            model_kwargs={
-                "n_threads": settings.llm_threads,
-                "n_threads_batch": settings.llm_threads,
-                "n_batch": 512,
-                "verbose": False,
-            },
-            verbose=False,
-        )
 
     def stream(self, messages: Sequence[Message]) -> Iterator[str]:
         prompt = chatml(messages)

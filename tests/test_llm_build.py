@@ -47,26 +47,16 @@ info = llama_cpp.llama_print_system_info().decode()
 print(json.dumps({"mapped": mapped, "scores": scores, "info": info}))
 """
 
+# A one-token decode, with llama.cpp's load log on stderr (it names the CPU_REPACK
+# buffer it fills). argv[2]: "on"/"off" loads through rag.llm's weight-repacking
+# switch, "default" as llama.cpp does by itself.
 DECODE = r"""
-import json, sys
-import llama_cpp, numpy as np
-
-llm = llama_cpp.Llama(model_path=sys.argv[1], n_threads=2, n_ctx=256, verbose=False)
-llm.eval(llm.tokenize(b"The capital of France is", add_bos=False))
-logits = np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(llm.ctx, -1), (llm.n_vocab(),))
-print(json.dumps({"finite": bool(np.isfinite(logits).all()),
-                  "next": llm.detokenize([int(logits.argmax())]).decode(errors="replace")}))
-"""
-
-
-# The same decode, loaded with or without llama.cpp's weight repacking (rag.llm's
-# switch), with llama.cpp's load log on stderr: it names the CPU_REPACK buffer it fills.
-DECODE_REPACK = r"""
-import json, sys
+import contextlib, json, sys
 import llama_cpp, numpy as np
 from rag.llm import weight_repacking
 
-with weight_repacking(sys.argv[2] == "on"):
+mode = sys.argv[2]
+with weight_repacking(mode == "on") if mode != "default" else contextlib.nullcontext():
     llm = llama_cpp.Llama(model_path=sys.argv[1], n_threads=2, n_ctx=256, verbose=True)
 llm.eval(llm.tokenize(b"The capital of France is", add_bos=False))
 logits = np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(llm.ctx, -1), (llm.n_vocab(),))
@@ -150,7 +140,7 @@ def test_the_packaged_model_decodes_on_the_loaded_backend(tmp_path: Path) -> Non
     from rag.models import ensure_llm_gguf
 
     gguf = ensure_llm_gguf(Settings.from_env().cache_dir)
-    out = _run(DECODE, tmp_path, str(gguf))
+    out = _run(DECODE, tmp_path, str(gguf), "default")
     assert out["finite"] and out["next"].strip() == "Paris", out
 
 
@@ -161,7 +151,7 @@ def test_the_model_decodes_with_and_without_weight_repacking(tmp_path: Path, rep
     from rag.models import ensure_llm_gguf
 
     gguf = ensure_llm_gguf(Settings.from_env().cache_dir)
-    out, log = _run_logged(DECODE_REPACK, tmp_path, str(gguf), repack)
+    out, log = _run_logged(DECODE, tmp_path, str(gguf), repack)
     assert out["finite"] and out["next"].strip() == "Paris", out
     if repack == "off":  # what RAG_LLM_REPACK=auto picks on AVX-512 VNNI
         assert "CPU_REPACK" not in log, log[-2000:]
