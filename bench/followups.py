@@ -7,7 +7,8 @@ On a conversation set (tests/qa/conversation.jsonl), for every case with a histo
   first (answerable cases), and how long does making it take?
 Methods: `glue` (the old rule: a question of at most 8 words searched together with the
 previous one, whatever it says), `rules` (rag.conversation without a model) and `llm`
-(the local model rewrites the dependent ones; rules when it fails). Prints JSON.
+(the local model rewrites the dependent ones, as RAG_FOLLOWUP_REWRITE=llm does; rules
+when it fails). Prints JSON.
 
     .venv/bin/python bench/followups.py [tests/qa/conversation.jsonl] [--no-llm]
 """
@@ -15,6 +16,7 @@ previous one, whatever it says), `rules` (rag.conversation without a model) and 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import statistics
 import time
@@ -46,6 +48,9 @@ def rules(engine: Engine, case: GoldenCase) -> Plan:
 def llm(engine: Engine, case: GoldenCase) -> Plan:
     turn = Turn(case.question, list(case.history), "local", engine.backend("local"))
     return plan(engine, turn)
+
+
+RULE_METHODS = {"glue": glue, "rules": rules}
 
 
 def measure(engine: Engine, cases: list[GoldenCase], method: Any) -> dict[str, Any]:
@@ -103,11 +108,12 @@ def main() -> None:
     args = parser.parse_args()
     cases = [c for c in load_golden(args.golden) if c.history]
     settings = Settings.from_env()
-    methods = {"glue": glue, "rules": rules} | ({} if args.no_llm else {"llm": llm})
     with scratch_engine(settings.docs_dir) as engine:
-        if not args.no_llm:
+        results = {name: measure(engine, cases, method) for name, method in RULE_METHODS.items()}
+        if not args.no_llm:  # what RAG_FOLLOWUP_REWRITE=llm does
+            engine.settings = dataclasses.replace(engine.settings, followup_rewrite="llm")
             engine.prime("local")
-        results = {name: measure(engine, cases, method) for name, method in methods.items()}
+            results["llm"] = measure(engine, cases, llm)
     for result in results.values():
         if not args.rows:
             result.pop("rows")

@@ -214,22 +214,12 @@ def is_refusal(text: str) -> bool:
     return not text.strip() or NOT_FOUND.lower() in text.lower()
 
 
-def build_messages(
-    question: str, sources: list[Source], language: str, previous_question: str | None
-) -> list[Message]:
+def build_messages(question: str, sources: list[Source], language: str) -> list[Message]:
     # No file names: they cost ~12 prompt tokens a source (0.1 s each on this CPU) and
     # tell the model nothing the numbers do not.
     listing = "\n".join(f"[{s.n}] {s.prompt_text()}" for s in sources)
-    history = (
-        prompt_file("history.txt").format(previous_question=previous_question)
-        if previous_question
-        else ""
-    )
     user = prompt_file("user.txt").format(
-        sources=listing,
-        history=history,
-        question=question,
-        language=language_name(language),
+        sources=listing, question=question, language=language_name(language)
     )
     return [*fixed_messages(), Message("user", user.strip())]
 

@@ -29,6 +29,7 @@ SUPPORTED_EXTENSIONS = (
     (".txt", ".md", ".pdf", ".docx", ".html", ".htm") + OCR_IMAGE_EXTENSIONS + OFFICE_EXTENSIONS
 )
 LLM_REPACK = ("auto", "on", "off")
+FOLLOWUP_REWRITE = ("rules", "llm")
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 PROMPTS_DIR = PROJECT_ROOT / "prompts"
 
@@ -93,6 +94,12 @@ class Settings:
     # is used as it is (0 turns the gate off).
     refusal_threshold: float | str = "auto"
     history_turns: int = 6
+    # How a follow-up becomes a standalone question: "rules" (rag.conversation, ~1 ms)
+    # or "llm" (the answering model rewrites it, ~2 s with the local one). Rules ranked
+    # the right file first more often on the conversation set and the local model
+    # answered better from their question (bench/followups.py, README); a large model
+    # behind --llm openai may rewrite better.
+    followup_rewrite: str = "rules"
     answer_language: str = "auto"
     lock_wait: float = 120.0
     # With RAG_CHROMA_URL: an indexer's lease on the server lapses this long after its
@@ -128,6 +135,10 @@ class Settings:
             values["refusal_threshold"] = _refusal_threshold(values["refusal_threshold"])
         if "llm_repack" in values:
             values["llm_repack"] = _choice("llm_repack", str(values["llm_repack"]), LLM_REPACK)
+        if "followup_rewrite" in values:
+            values["followup_rewrite"] = _choice(
+                "followup_rewrite", str(values["followup_rewrite"]), FOLLOWUP_REWRITE
+            )
         return replace(base, **values)  # type: ignore[arg-type]
 
     @property

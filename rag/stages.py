@@ -74,9 +74,10 @@ class Turn:
 
 
 def plan(engine: Engine, turn: Turn) -> Plan:
-    """The question resolved against the history: a follow-up made standalone (by the
-    LLM when one answers, else by rule; see rag.conversation)."""
-    rewrite = _rewriter(turn.backend) if turn.backend is not None else None
+    """The question resolved against the history: a follow-up made standalone, by rule
+    or, with RAG_FOLLOWUP_REWRITE=llm, by the LLM when one answers (rag.conversation)."""
+    backend = turn.backend if engine.settings.followup_rewrite == "llm" else None
+    rewrite = _rewriter(backend) if backend is not None else None
     fixed = turn.language or engine.settings.answer_language
     return resolve(
         turn.question,
@@ -170,12 +171,11 @@ class Stages:
 
 
 def prompt(turn: Turn) -> list[Message]:
-    """The LLM's messages: the standalone question; a follow-up resolved only by rule
-    keeps its own words and the previous question, which the model reads better."""
+    """The LLM's messages: the standalone question. (Given the follow-up as asked with
+    the previous question instead, the local model answered in the sources' language
+    more often: conversation set, answers in the question's language 0.82 vs 0.97.)"""
     resolved = turn.resolved
-    if resolved.method == "rules":
-        return build_messages(resolved.question, turn.sources, resolved.language, resolved.previous)
-    return build_messages(resolved.standalone, turn.sources, resolved.language, None)
+    return build_messages(resolved.standalone, turn.sources, resolved.language)
 
 
 def _rewriter(backend: ChatBackend) -> Callable[[str, str, str | None, str], str | None]:

@@ -265,7 +265,7 @@ def test_stream_hold_never_shows_a_refusal_marker() -> None:
 
 def test_prompt_keeps_the_fixed_part_first_and_names_the_language() -> None:
     sources = evidence("Dong Nai startups").select(200)
-    messages = build_messages("Wie viele?", sources, "de", previous_question="Dong Nai?")
+    messages = build_messages("Wie viele Startups hat Dong Nai?", sources, "de")
     fixed = fixed_messages()
     # the system prompt and the worked examples, identical for every question (cached)
     assert messages[: len(fixed)] == list(fixed)
@@ -277,7 +277,7 @@ def test_prompt_keeps_the_fixed_part_first_and_names_the_language() -> None:
     assert question.content.startswith("Sources:\n[1] ")
     assert "a.txt" not in question.content  # file names only cost prompt tokens
     assert "Answer in German" in question.content
-    assert "Dong Nai?" in question.content
+    assert "Question: Wie viele Startups hat Dong Nai?\n" in question.content
 
 
 class PrefixRecorder:

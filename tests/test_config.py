@@ -43,3 +43,12 @@ def test_folder_variables_have_short_names() -> None:
     assert env_name("docs_dir") == "RAG_DOCS"
     assert env_name("store_dir") == "RAG_STORE"
     assert env_name("llm_base_url") == "RAG_LLM_BASE_URL"
+
+
+def test_followup_rewrite_is_rules_or_llm(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert Settings.from_env().followup_rewrite == "rules"
+    monkeypatch.setenv("RAG_FOLLOWUP_REWRITE", "LLM")
+    assert Settings.from_env().followup_rewrite == "llm"
+    monkeypatch.setenv("RAG_FOLLOWUP_REWRITE", "model")
+    with pytest.raises(ConfigError, match="RAG_FOLLOWUP_REWRITE='model' must be one of"):
+        Settings.from_env()

@@ -155,4 +155,4 @@ def test_instructions_inside_a_document_are_data(tmp_path: Path, embedder) -> No
     assert system.content == prompt_file("system.txt").strip()
     assert "K-77" in user.content
     assert not any("K-77" in m.content or "IGNORE PREVIOUS" in m.content for m in fixed)
-    assert build_messages(question, [], "en", None)[0] == system
+    assert build_messages(question, [], "en")[0] == system

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import shutil
 from collections.abc import Iterator
 from dataclasses import replace
@@ -10,11 +11,12 @@ from pathlib import Path
 import pytest
 
 from rag.config import Settings
+from rag.conversation import resolve
 from rag.engine import Engine
 from rag.indexer import index_folder
 from rag.llm import Message
 from rag.records import Finished, Retrieved
-from rag.stages import Stages, Turn, gate, plan, retrieve
+from rag.stages import Stages, Turn, gate, plan, prompt, retrieve
 
 SEEDS = Path(__file__).resolve().parent.parent / "seeds"
 TECHFEST = "002_d6db562a30fbc1a0.txt"  # Dong Nai 90 startups, Lam Dong 3,4 million
@@ -97,3 +99,24 @@ def test_a_stage_is_swapped_without_patching_the_engine(engine: Engine) -> None:
         engine.stages = original
     assert engine.stages == Stages()
     assert not engine.ask(DONG_NAI, llm="none").refused
+
+
+def test_a_follow_up_is_resolved_by_rule_unless_the_llm_rewrite_is_asked_for(
+    engine: Engine,
+) -> None:
+    history = [{"role": "user", "content": DONG_NAI}, {"role": "assistant", "content": "90 [1]."}]
+    backend = ScriptedBackend("How many innovative startups does Lam Dong have?")
+    by_rule = plan(engine, Turn("And Lam Dong?", history, "scripted", backend))
+    assert by_rule.method == "rules" and not backend.messages  # the model was not asked
+    rewriting = copy.copy(engine)
+    rewriting.settings = replace(engine.settings, followup_rewrite="llm")
+    by_llm = plan(rewriting, Turn("And Lam Dong?", history, "scripted", backend))
+    assert by_llm.method == "llm" and backend.messages
+    assert by_llm.standalone == "How many innovative startups does Lam Dong have?"
+
+
+def test_the_prompt_asks_the_standalone_question() -> None:
+    history = [{"role": "user", "content": DONG_NAI}, {"role": "assistant", "content": "90 [1]."}]
+    turn = Turn("And Lam Dong?", history, "scripted", None)
+    turn.plan = resolve("And Lam Dong?", history, 6)
+    assert f"Question: {turn.plan.standalone}\n" in prompt(turn)[-1].content
