@@ -22,7 +22,7 @@ entity does.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Container, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from functools import cache, lru_cache
 
@@ -177,14 +177,17 @@ def _keys(runs: Iterable[list[str]], single_words: bool = True) -> set[str]:
     return keys
 
 
-def _split_at_english(runs: Iterable[list[str]]) -> list[list[str]]:
-    """The runs cut at their English Title Case words ("Ministry of Science"): the
-    parts between them are the names ("Die Resolution Nr." -> "Die", "Nr.")."""
+def _split_at_english(
+    runs: Iterable[list[str]], also: Container[str] = frozenset()
+) -> list[list[str]]:
+    """The runs cut at their English Title Case words ("Ministry of Science"), and at
+    the words of `also` (lower case): the parts between them are the names ("Die
+    Resolution Nr." -> "Die", "Nr.")."""
     parts: list[list[str]] = []
     for run in runs:
         current: list[str] = []
         for word in run:
-            if is_english_word(word):
+            if is_english_word(word) or word.lower() in also:
                 parts.append(current)
                 current = []
             else:
@@ -277,7 +280,7 @@ def unknown_names(claim: str, texts: Sequence[str], language: str = "") -> list[
     unknown = []
     months = month_spellings()
     for run in name_runs(claim):
-        parts = _name_parts(run, months)
+        parts = _split_at_english([run], also=months)  # month names name nothing
         words = [word for part in parts for word in part if len(word) > 3]
         if not words or (language in NOUN_CAPITALIZING and len(words) == 1):
             continue
@@ -288,27 +291,15 @@ def unknown_names(claim: str, texts: Sequence[str], language: str = "") -> list[
     return unknown
 
 
-def _name_parts(run: list[str], months: Iterable[str]) -> list[list[str]]:
-    """The run cut at its English Title Case words and month names, which name nothing."""
-    parts: list[list[str]] = [[]]
-    for word in run:
-        if is_english_word(word) or word.lower() in months:
-            parts.append([])
-        else:
-            parts[-1].append(word)
-    return [part for part in parts if part]
-
-
 def _spans(parts: list[list[str]]) -> Iterator[list[str]]:
     """The word spans of the parts that begin and end with a long word: "Pham Thi Nham"
     is known by its three words together, though "Thi" is too short to count alone,
     and "The Tour" only by "Tour"."""
     for part in parts:
         long = [i for i, word in enumerate(part) if len(word) > 3]
-        for i in long:
-            for j in long:
-                if j >= i:
-                    yield part[i : j + 1]
+        for at, first in enumerate(long):
+            for last in long[at:]:
+                yield part[first : last + 1]
 
 
 def names_only(stated: Facts) -> Facts:
