@@ -45,10 +45,27 @@ def test_folder_variables_have_short_names() -> None:
     assert env_name("llm_base_url") == "RAG_LLM_BASE_URL"
 
 
-def test_followup_rewrite_is_rules_or_llm(monkeypatch: pytest.MonkeyPatch) -> None:
-    assert Settings.from_env().followup_rewrite == "rules"
-    monkeypatch.setenv("RAG_FOLLOWUP_REWRITE", "LLM")
-    assert Settings.from_env().followup_rewrite == "llm"
-    monkeypatch.setenv("RAG_FOLLOWUP_REWRITE", "model")
-    with pytest.raises(ConfigError, match="RAG_FOLLOWUP_REWRITE='model' must be one of"):
+@pytest.mark.parametrize(
+    ("field", "default", "written", "read", "bad", "message"),
+    [
+        ("llm_repack", "auto", "OFF", "off", "fast",
+         "RAG_LLM_REPACK='fast' must be one of: auto, on, off"),
+        ("followup_rewrite", "rules", "LLM", "llm", "model",
+         "RAG_FOLLOWUP_REWRITE='model' must be one of"),
+    ],
+)  # fmt: skip
+def test_a_choice_setting_takes_one_of_its_words_in_any_case(
+    monkeypatch: pytest.MonkeyPatch,
+    field: str,
+    default: str,
+    written: str,
+    read: str,
+    bad: str,
+    message: str,
+) -> None:
+    assert getattr(Settings.from_env(), field) == default
+    monkeypatch.setenv(env_name(field), written)
+    assert getattr(Settings.from_env(), field) == read
+    monkeypatch.setenv(env_name(field), bad)
+    with pytest.raises(ConfigError, match=message):
         Settings.from_env()

@@ -233,15 +233,6 @@ def test_weights_are_left_unpacked_only_where_the_tiled_prompt_kernel_wins() -> 
     assert repacks_weights("on", ZEN4) and not repacks_weights("off", frozenset({"avx2"}))
 
 
-def test_llm_repack_setting_is_auto_on_or_off(monkeypatch: pytest.MonkeyPatch) -> None:
-    assert Settings.from_env().llm_repack == "auto"
-    monkeypatch.setenv("RAG_LLM_REPACK", "OFF")
-    assert Settings.from_env().llm_repack == "off"
-    monkeypatch.setenv("RAG_LLM_REPACK", "fast")
-    with pytest.raises(ConfigError, match="RAG_LLM_REPACK='fast' must be one of: auto, on, off"):
-        Settings.from_env()
-
-
 @pytest.mark.llm
 def test_local_model_measures_its_prompt_speed_while_warming_up(
     seed_settings: Settings, embedder
