@@ -18,7 +18,7 @@ from typing import Any, Protocol
 from rag.config import Settings
 from rag.cpu import cpu_flags, repacks_weights
 from rag.records import UserError, one_line
-from rag.tuning import LLM_REPEAT_PENALTY, LLM_TEMPERATURE, LLM_TOP_P
+from rag.tuning import LLM_REPEAT_PENALTY, LLM_SEED, LLM_TEMPERATURE, LLM_TOP_P
 
 BACKENDS = ("local", "openai", "none")
 # RAG_CONTEXT_TOKENS=auto: the source budget (cl100k tokens, about as many as Qwen's)
@@ -51,6 +51,9 @@ class ChatBackend(Protocol):
     def stream(self, messages: Sequence[Message]) -> Iterator[str]: ...
 
 
+_OPEN_REPLY = "<|im_start|>assistant\n"
+
+
 def chatml(messages: Sequence[Any]) -> str:
     """Qwen's ChatML prompt, ending with the open assistant turn.
 
@@ -58,7 +61,7 @@ def chatml(messages: Sequence[Any]) -> str:
     prefix across questions and only the sources and the question are processed anew.
     """
     parts = [f"<|im_start|>{_role(m)}\n{m.content}<|im_end|>\n" for m in messages]
-    return "".join(parts) + "<|im_start|>assistant\n"
+    return "".join(parts) + _OPEN_REPLY
 
 
 def _role(message: Any) -> str:
@@ -149,6 +152,10 @@ class LocalBackend:
                     context_window=settings.llm_context,
                     generate_kwargs={
                         "top_p": LLM_TOP_P,
+                        # The same seed for every reply: without it llama-cpp-python
+                        # draws each reply's seed from the one before, so an answer
+                        # depended on how many came before it.
+                        "seed": LLM_SEED,
                         "repeat_penalty": LLM_REPEAT_PENALTY,
                         "stop": CHATML_STOP,
                     },
@@ -166,7 +173,7 @@ class LocalBackend:
     def stream(self, messages: Sequence[Message]) -> Iterator[str]:
         prompt = chatml(messages)
         with self._lock:
-            new_tokens = self._uncached_tokens(prompt)
+            new_tokens = self._pin_prefix(prompt, chatml(messages[:-1]).removesuffix(_OPEN_REPLY))
             started = time.perf_counter()
             timed = False
             for part in self._llm.stream_complete(prompt, formatted=True):
@@ -176,17 +183,34 @@ class LocalBackend:
                 if part.delta:
                     yield part.delta
 
-    def _uncached_tokens(self, prompt: str) -> int:
-        """Tokens of `prompt` that llama.cpp must process: those after the prefix it
-        still holds from the previous prompt."""
+    def _pin_prefix(self, prompt: str, fixed: str) -> int:
+        """Keep in llama.cpp's cache only the messages before the last one (the system
+        prompt and worked examples), evaluated on their own; return the prompt tokens
+        left to process.
+
+        llama.cpp reuses whatever prefix the previous prompt shares, and logits computed
+        from another split point differ in their last bits: the same question then got
+        another answer depending on what was asked before it. Cut at one fixed point,
+        a prompt is always processed the same way, so its reply is reproducible."""
         llama = self._llm._model
         tokens = llama.tokenize(prompt.encode("utf-8"), add_bos=True, special=True)
-        cached = 0
-        for old, new in zip(llama._input_ids.tolist(), tokens, strict=False):
-            if old != new:
-                break
-            cached += 1
-        return len(tokens) - cached
+        pinned = llama.tokenize(fixed.encode("utf-8"), add_bos=True, special=True)
+        shared = _common_length(pinned, tokens)
+        if _common_length(llama._input_ids.tolist(), tokens[:shared]) < shared:
+            llama.reset()
+            llama.eval(tokens[:shared])
+        llama.n_tokens = min(llama.n_tokens, shared)
+        return len(tokens) - llama.n_tokens
+
+
+def _common_length(a: Sequence[int], b: Sequence[int]) -> int:
+    """How many leading tokens two token lists share."""
+    shared = 0
+    for old, new in zip(a, b, strict=False):
+        if old != new:
+            break
+        shared += 1
+    return shared
 
 
 class OpenAIBackend:

@@ -93,3 +93,5 @@ ATTACH_MIN_SIMILARITY = 0.80
 LLM_TEMPERATURE = 0.1
 LLM_TOP_P = 0.9
 LLM_REPEAT_PENALTY = 1.05
+# Any fixed value: it makes a reply a function of its prompt alone.
+LLM_SEED = 1234

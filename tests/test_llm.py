@@ -4,6 +4,7 @@ them), and the real packaged model (`local`, marked llm) on a few seed questions
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -22,7 +23,7 @@ from rag.config import ConfigError, Settings
 from rag.cpu import TILED_PROMPT_FLAGS, repacks_weights
 from rag.engine import Delta, Engine, Finished, Retrieved
 from rag.indexer import index_folder
-from rag.llm import PrefillMeter, context_budget
+from rag.llm import Message, PrefillMeter, context_budget
 
 from .conftest import ROOT, SEEDS
 
@@ -248,3 +249,21 @@ def test_local_model_measures_its_prompt_speed_while_warming_up(
     assert loaded == backend.repack  # type: ignore[union-attr]
     answer = engine.ask("How many innovative startups does Dong Nai have?", llm="local")
     assert 200 <= answer.timings["context_tokens"] <= 1500
+
+
+@pytest.mark.llm
+def test_local_model_replies_the_same_to_a_prompt_whatever_came_before(
+    seed_settings: Settings,
+) -> None:
+    from rag.answer import build_messages
+    from rag.llm import LocalBackend
+
+    backend = LocalBackend(dataclasses.replace(seed_settings, llm_max_tokens=24))
+    question = build_messages("Who chairs the association?", [], "en")
+    other = build_messages("Wer hat den Kai eröffnet? Bitte ausführlich.", [], "de")
+    first = "".join(backend.stream(question))
+    "".join(backend.stream(other))
+    again = "".join(backend.stream(question))
+    # and after its own longer prompt, which shares more than the fixed messages
+    "".join(backend.stream([*question[:-1], Message("user", question[-1].content + " Why?")]))
+    assert first and "".join(backend.stream(question)) == again == first
