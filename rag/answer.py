@@ -14,7 +14,7 @@ import json
 import threading
 from collections import OrderedDict
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cache
 from pathlib import Path
 from typing import Protocol
@@ -26,6 +26,7 @@ from rag.config import PROMPTS_DIR
 from rag.languages import language_name
 from rag.llm import Message
 from rag.records import Citation, Hit, Location
+from rag.support import asks_amount, states_amount
 
 # Re-exported: the engine picks the extractive answer's size from here.
 from rag.tuning import EXTRACTIVE_MARGIN as EXTRACTIVE_MARGIN
@@ -236,6 +237,20 @@ def fixed_messages() -> tuple[Message, ...]:
         )
         messages += [Message("user", user.strip()), Message("assistant", example["answer"])]
     return tuple(messages)
+
+
+def answering(sources: list[Source], asked: str, language: str, given: str) -> list[Source]:
+    """The sentences that can answer what is asked, renumbered: for a question asking
+    an amount ("how many", "bao nhiêu"), those stating one that `given` (the question
+    and the one before) does not already hold; all of them for any other question."""
+    if not asks_amount(asked, language):
+        return sources
+    kept = [
+        [s for s in source.sentences if states_amount(s.text, source.hit.chunk.language, given)]
+        for source in sources
+    ]
+    chosen = [(source, found) for source, found in zip(sources, kept, strict=True) if found]
+    return [replace(source, n=n, sentences=found) for n, (source, found) in enumerate(chosen, 1)]
 
 
 def extractive(sources: list[Source], language: str) -> tuple[str, list[Citation]]:

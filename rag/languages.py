@@ -12,6 +12,7 @@ and this table agree.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from functools import cache
 
@@ -36,6 +37,12 @@ class LanguageInfo:
     # Definite articles: a short question naming nothing that speaks of "the name" or
     # "die Plattform" speaks of something the conversation introduced.
     definite: tuple[str, ...] = ()
+    # How a question asks for an amount (a count, a sum, a share, an age): its answer
+    # must state one (rag.support.asks_amount). Number words state one without digits.
+    # Whole words; a trailing "*" also matches the longer (inflected) forms; in
+    # Japanese and Chinese anywhere in the text.
+    amount_questions: tuple[str, ...] = ()
+    numerals: tuple[str, ...] = ()
 
 
 def _months(spellings: str) -> tuple[tuple[str, ...], ...]:
@@ -65,6 +72,16 @@ LANGUAGES: dict[str, LanguageInfo] = {
             ("it", "its", "they", "their", "them", "he", "she", "his", "her", "him",
              "those", "these"),
             definite=("the",),
+            amount_questions=(
+                "how many", "how much", "how old", "how long", "how large", "how big",
+                "how high", "how far", "what percentage", "what share", "what proportion",
+                "what number of", "what amount",
+            ),
+            numerals=(
+                "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten",
+                "eleven", "twelve", "twenty", "thirty", "forty", "fifty", "hundred*",
+                "thousand*", "million*", "billion*", "dozen*", "half", "third", "quarter",
+            ),
         ),
         LanguageInfo(
             "vi", "Vietnamese", "Tiếng Việt", ("VIETNAMESE",), None, True,
@@ -75,6 +92,11 @@ LANGUAGES: dict[str, LanguageInfo] = {
             ("còn ", "và ", "thế còn", "vậy còn", "thế ", "vậy "),
             ("thì sao?", "thì sao", "thế nào?", "ra sao?"),
             ("đó", "ấy", "này", "họ", "nó", "hai bên", "bên kia"),
+            amount_questions=("bao nhiêu", "mấy", "bao lâu"),
+            numerals=(
+                "một", "hai", "ba", "bốn", "năm", "sáu", "bảy", "tám", "chín", "mười",
+                "mươi", "trăm", "nghìn", "ngàn", "triệu", "tỷ", "tỉ", "nửa",
+            ),
         ),
         LanguageInfo(
             "ru", "Russian", "Русский", ("RUSSIAN",), "russian", True,
@@ -89,6 +111,16 @@ LANGUAGES: dict[str, LanguageInfo] = {
             (),
             ("он", "она", "оно", "они", "его", "её", "ее", "их", "ему", "ней", "нему",
              "него", "там", "этого", "этой", "этот", "эта", "эти"),
+            amount_questions=(
+                "сколько", "какой процент", "какая доля", "какую долю", "какова доля",
+                "какой объём", "какой объем", "каков объём", "каков объем",
+                "какое количество", "какова сумма", "какую сумму",
+            ),
+            numerals=(
+                "один*", "одн*", "два", "две", "двух*", "три", "трёх*", "трех*", "четыр*",
+                "пят*", "шест*", "сем*", "восем*", "восьм*", "девят*", "десят*", "сто",
+                "сот*", "двест*", "тысяч*", "миллион*", "миллиард*", "половин*", "треть*",
+            ),
         ),
         LanguageInfo(
             "de", "German", "Deutsch", ("GERMAN",), "german", True,
@@ -104,6 +136,15 @@ LANGUAGES: dict[str, LanguageInfo] = {
             ("sie", "ihre", "ihrer", "ihm", "ihn", "dort", "davon", "dafür", "damit", "er",
              "sein", "seine", "dieser", "diese", "dieses"),
             definite=("der", "die", "das", "dem", "den", "des"),
+            amount_questions=(
+                "wie viel*", "wie hoch", "wie alt", "wie lange", "wie groß", "wie weit",
+                "welcher anteil", "welchen anteil", "wie hoch ist der anteil",
+            ),
+            numerals=(
+                "zwei*", "drei*", "vier*", "fünf*", "sechs*", "sieben*", "acht*", "neun*",
+                "zehn*", "elf", "zwölf", "zwanzig", "dreißig", "hundert*", "tausend*",
+                "million*", "milliard*", "halb*", "hälfte", "drittel", "viertel", "dutzend*",
+            ),
         ),
         LanguageInfo(
             "no", "Norwegian (Bokmål)", "Norsk", ("BOKMAL", "NYNORSK"), "norwegian", True,
@@ -117,6 +158,15 @@ LANGUAGES: dict[str, LanguageInfo] = {
             (),
             ("den", "dem", "der", "dette", "disse", "han", "hun", "ham", "henne", "hans",
              "hennes", "deres", "av det", "om det", "for det"),
+            amount_questions=(
+                "hvor mange", "hvor mye", "hvor høy*", "hvor gammel", "hvor lenge",
+                "hvor stor*", "hvilken andel",
+            ),
+            numerals=(
+                "én", "to", "tre", "fire", "fem", "seks", "sju", "syv", "åtte", "ni",
+                "ti", "elleve", "tolv", "tjue", "hundre*", "tusen*", "million*", "milliard*",
+                "halv*", "tredjedel*", "dusin*",
+            ),
         ),
         LanguageInfo(
             "da", "Danish", "Dansk", ("DANISH",), "danish", True,
@@ -130,6 +180,15 @@ LANGUAGES: dict[str, LanguageInfo] = {
             (),
             ("den", "dem", "dette", "disse", "han", "hun", "ham", "hende", "hans", "hendes",
              "deres", "af det", "om det", "for det"),
+            amount_questions=(
+                "hvor mange", "hvor meget", "hvor høj*", "hvor gammel", "hvor længe",
+                "hvor stor*", "hvilken andel",
+            ),
+            numerals=(
+                "én", "to", "tre", "fire", "fem", "seks", "syv", "otte", "ni", "ti",
+                "elleve", "tolv", "tyve", "hundrede*", "tusind*", "million*", "milliard*",
+                "halv*", "tredjedel*", "dusin*",
+            ),
         ),
         LanguageInfo(
             "sv", "Swedish", "Svenska", ("SWEDISH",), "swedish", True,
@@ -143,6 +202,15 @@ LANGUAGES: dict[str, LanguageInfo] = {
             (),
             ("den", "dem", "detta", "dessa", "han", "hon", "honom", "henne", "hans",
              "hennes", "deras", "av det", "om det", "för det"),
+            amount_questions=(
+                "hur många", "hur mycket", "hur hög*", "hur gammal", "hur länge", "hur stor*",
+                "vilken andel",
+            ),
+            numerals=(
+                "två", "tre", "fyra", "fem", "sex", "sju", "åtta", "nio", "tio",
+                "elva", "tolv", "tjugo", "hundra*", "tusen*", "miljon*", "miljard*", "halv*",
+                "tredjedel*", "dussin*",
+            ),
         ),
         LanguageInfo(
             "fr", "French", "Français", ("FRENCH",), "french", True,
@@ -156,6 +224,15 @@ LANGUAGES: dict[str, LanguageInfo] = {
             (),
             ("il", "elle", "ils", "elles", "leur", "leurs", "y", "celui-ci", "celle-ci"),
             definite=("le", "la", "les"),
+            amount_questions=(
+                "combien", "quel pourcentage", "quelle part", "quelle proportion", "quel âge",
+                "quel montant", "quel nombre",
+            ),
+            numerals=(
+                "deux", "trois", "quatre", "cinq", "six", "sept", "huit", "neuf", "dix",
+                "onze", "douze", "vingt*", "trente", "quarante", "cinquante", "cent*",
+                "mille", "million*", "milliard*", "moitié", "tiers", "quart", "douzaine*",
+            ),
         ),
         LanguageInfo(
             "es", "Spanish", "Español", ("SPANISH",), "spanish", True,
@@ -170,6 +247,15 @@ LANGUAGES: dict[str, LanguageInfo] = {
             ("él", "ella", "ellos", "ellas", "su", "sus", "allí", "allá", "eso", "este",
              "esta"),
             definite=("el", "la", "los", "las"),
+            amount_questions=(
+                "cuánt*", "cuant*", "qué porcentaje", "qué proporción", "qué edad",
+                "qué parte", "qué cantidad",
+            ),
+            numerals=(
+                "dos", "tres", "cuatro", "cinco", "seis", "siete", "ocho", "nueve", "diez",
+                "once", "doce", "veint*", "treinta", "cuarenta", "cincuenta", "cien*", "mil",
+                "millón", "millones", "mitad", "tercio", "docena*",
+            ),
         ),
         LanguageInfo(
             "uk", "Ukrainian", "Українська", ("UKRAINIAN",), None, True,
@@ -183,6 +269,15 @@ LANGUAGES: dict[str, LanguageInfo] = {
             ("а ", "і ", "й ", "а як щодо", "а що"),
             (),
             ("він", "вона", "воно", "вони", "його", "її", "їх", "там", "цей", "ця", "ці"),
+            amount_questions=(
+                "скільки", "який відсоток", "яка частка", "яку частку", "який обсяг",
+                "яку суму",
+            ),
+            numerals=(
+                "один*", "одн*", "два", "дві", "двох*", "три", "трьох*", "чотир*", "п'ят*",
+                "п’ят*", "шіст*", "сім", "сем*", "вісім*", "восьм*", "дев'ят*", "дев’ят*",
+                "десят*", "сто", "сот*", "тисяч*", "мільйон*", "мільярд*", "половин*",
+            ),
         ),
         LanguageInfo(
             "pl", "Polish", "Polski", ("POLISH",), "polish", True,
@@ -196,6 +291,16 @@ LANGUAGES: dict[str, LanguageInfo] = {
             ("a ", "i ", "a co z", "co z", "a jak"),
             (),
             ("on", "ona", "ono", "oni", "one", "jego", "jej", "ich", "tam", "ten", "ta", "te"),
+            amount_questions=(
+                "ile", "ilu", "jaki procent", "jaka część", "jaką część", "jaki odsetek",
+                "jaki udział", "w jakim wieku",
+            ),
+            numerals=(
+                "jeden", "jedna", "jedno", "dwa", "dwie", "dwóch", "trzy", "trzech", "czter*",
+                "pięć*", "pięci*", "sześć*", "sześci*", "siedem", "siedmi*", "osiem", "ośmi*",
+                "dziewięć*", "dziewięci*", "dziesięć*", "dziesięci*", "sto", "tysi*",
+                "milion*", "miliard*", "połow*",
+            ),
         ),
         LanguageInfo(
             "ja", "Japanese", "日本語", ("JAPANESE",), None, False,
@@ -205,6 +310,13 @@ LANGUAGES: dict[str, LanguageInfo] = {
             ("では", "じゃあ", "それでは", "また"),
             ("は？", "は?", "はどう？", "はどうですか"),
             ("それ", "その", "そこ", "彼", "彼女"),
+            amount_questions=(
+                "いくつ", "いくら", "何人", "何社", "何件", "何個", "何カ所", "何か所",
+                "何パーセント", "何%", "何％", "どのくらい", "どれくらい", "どれだけ",
+                "何歳",
+            ),
+            numerals=("一", "二", "三", "四", "五", "六", "七", "八", "九", "十", "百",
+                      "千", "万", "億", "半"),
         ),
         LanguageInfo(
             "zh", "Chinese", "中文", ("CHINESE",), None, False,
@@ -214,6 +326,12 @@ LANGUAGES: dict[str, LanguageInfo] = {
             ("那", "那么", "还有"),
             ("呢？", "呢?", "呢"),
             ("它", "他", "她", "他们", "那里", "其"),
+            amount_questions=(
+                "多少", "几个", "几家", "几位", "几名", "几项", "几次", "几岁", "多大",
+                "多高", "多长", "多久", "百分之几",
+            ),
+            numerals=("一", "二", "两", "三", "四", "五", "六", "七", "八", "九", "十",
+                      "百", "千", "万", "亿", "半"),
         ),
     )
 }  # fmt: skip
@@ -248,6 +366,34 @@ def month_spellings() -> dict[str, int]:
 def definite_articles() -> frozenset[str]:
     """Every language's definite articles (lower case)."""
     return frozenset(word for info in LANGUAGES.values() for word in info.definite)
+
+
+@cache
+def amount_question_patterns() -> dict[str, re.Pattern[str]]:
+    """Per language, how a question asks for an amount (LanguageInfo.amount_questions)."""
+    return {
+        code: _words_pattern(info.amount_questions, info.cased)
+        for code, info in LANGUAGES.items()
+        if info.amount_questions
+    }
+
+
+@cache
+def numeral_patterns() -> dict[str, re.Pattern[str]]:
+    """Per language, its number words (LanguageInfo.numerals)."""
+    return {
+        code: _words_pattern(info.numerals, info.cased)
+        for code, info in LANGUAGES.items()
+        if info.numerals
+    }
+
+
+def _words_pattern(words: tuple[str, ...], spaced: bool) -> re.Pattern[str]:
+    """Whole words or phrases ("wie viel*": with longer forms), case-insensitive; in a
+    language written without spaces, anywhere."""
+    forms = [re.escape(w.removesuffix("*")) + (r"\w*" if w.endswith("*") else "") for w in words]
+    body = "|".join(sorted(forms, key=len, reverse=True))
+    return re.compile(rf"(?<!\w)(?:{body})(?!\w)" if spaced else f"(?:{body})", re.IGNORECASE)
 
 
 def stemmer_names() -> dict[str, str]:

@@ -20,6 +20,7 @@ import numpy as np
 
 from rag.answer import (
     Source,
+    answering,
     build_messages,
     extractive,
     fixed_messages,
@@ -28,11 +29,13 @@ from rag.answer import (
     refusal_message,
     stream_hold,
 )
+from rag.citations import strip_markers
 from rag.conversation import Plan, resolve
 from rag.grounding import ground
 from rag.languages import language_name
 from rag.llm import ChatBackend, Message, context_budget
 from rag.records import Answer, Citation, Hit
+from rag.support import asks_amount, states_amount
 
 if TYPE_CHECKING:
     from rag.engine import Engine, Pipeline
@@ -108,7 +111,7 @@ def evidence(engine: Engine, turn: Turn) -> list[Source]:
     assert turn.pipeline is not None, "the retrieve stage runs first"
     turn.pipeline.score()
     if turn.backend is None:
-        return turn.pipeline.best()
+        return answering(turn.pipeline.best(), *_asked(turn))
     budget = context_budget(
         engine.settings.context_tokens,
         turn.backend,
@@ -139,19 +142,18 @@ def check(engine: Engine, turn: Turn) -> Answer:
         return _answer(turn, text, False, citations, _quoted(citations))
     if is_refusal(turn.reply):
         return _answer(turn, refusal_message(resolved.language), True, [])
-    question = f"{resolved.previous or ''}\n{resolved.standalone}"
-    grounded = ground(
-        turn.reply, turn.sources, engine.embedder, question, turn.hits, resolved.language
-    )
+    asked, language, question = _asked(turn)
+    grounded = ground(turn.reply, turn.sources, engine.embedder, question, turn.hits, language)
     if grounded is None:  # nothing in the reply can be tied to a source: quote instead
-        assert turn.pipeline is not None
-        best = turn.pipeline.best()
-        if not best:
-            return _answer(turn, refusal_message(resolved.language), True, [])
-        text, citations = extractive(best, resolved.language)
-        return _answer(turn, text, False, citations, _quoted(citations))
+        return _quote_instead(turn)
     if grounded.refused:
-        return _answer(turn, refusal_message(resolved.language), True, [], grounded.support())
+        return _answer(turn, refusal_message(language), True, [], grounded.support())
+    if asks_amount(asked, language) and not states_amount(
+        strip_markers(grounded.text), language, question
+    ):
+        # asked how many, the model wrote around it: the sentences stating an amount
+        # answer better, and if none does, nothing does
+        return _quote_instead(turn, dropped=grounded.kept)
     return _answer(turn, grounded.text, False, grounded.citations, grounded.support())
 
 
@@ -199,9 +201,32 @@ def _rewriter(backend: ChatBackend) -> Callable[[str, str, str | None, str], str
     return rewrite
 
 
-def _quoted(citations: list[Citation]) -> dict[str, int]:
+def _asked(turn: Turn) -> tuple[str, str, str]:
+    """What is asked (the standalone question), in which language, and the questions'
+    text whose numbers and dates an answer may repeat (the previous one too)."""
+    resolved = turn.resolved
+    return (
+        resolved.standalone,
+        resolved.language,
+        f"{resolved.previous or ''}\n{resolved.standalone}",
+    )
+
+
+def _quote_instead(turn: Turn, dropped: int = 0) -> Answer:
+    """The sentences that answer what is asked, quoted, in place of the model's reply;
+    a refusal when none does."""
+    assert turn.pipeline is not None, "the retrieve stage runs first"
+    best = answering(turn.pipeline.best(), *_asked(turn))
+    if not best:
+        support = {"supported": 0, "recited": 0, "dropped": dropped}
+        return _answer(turn, refusal_message(turn.resolved.language), True, [], support)
+    text, citations = extractive(best, turn.resolved.language)
+    return _answer(turn, text, False, citations, _quoted(citations, dropped))
+
+
+def _quoted(citations: list[Citation], dropped: int = 0) -> dict[str, int]:
     """Support of an answer that quotes its sources: each quote supports itself."""
-    return {"supported": len(citations), "recited": 0, "dropped": 0}
+    return {"supported": len(citations), "recited": 0, "dropped": dropped}
 
 
 def _answer(

@@ -26,7 +26,14 @@ from collections.abc import Container, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from functools import cache, lru_cache
 
-from rag.languages import LANGUAGES, definite_articles, month_spellings, not_found_phrases
+from rag.languages import (
+    LANGUAGES,
+    amount_question_patterns,
+    definite_articles,
+    month_spellings,
+    not_found_phrases,
+    numeral_patterns,
+)
 from rag.names import is_english_word, latin_key, name_skeleton, starts_sentence
 
 # Digit groups split by a space ("41 200", "24\u00a0000"), then digit runs with decimal
@@ -330,6 +337,22 @@ def says_not_found(text: str) -> bool:
     """Whether a reply's sentence says the sources lack the fact (in any language)."""
     lowered = " ".join(text.lower().split())
     return any(phrase in lowered for phrase in not_found_phrases())
+
+
+def asks_amount(question: str, language: str) -> bool:
+    """Whether a question asks for an amount: a count, a sum, a share, an age ("how
+    many", "bao nhiêu", "wie viele"), in its language."""
+    pattern = amount_question_patterns().get(language)
+    return pattern is not None and pattern.search(question) is not None
+
+
+def states_amount(text: str, language: str, given: str = "") -> bool:
+    """Whether a text states an amount: a figure that `given` (the question) does not
+    already hold, or a number word of its language ("five", "пяти")."""
+    if figures(text) - figures(given):
+        return True
+    pattern = numeral_patterns().get(language)
+    return pattern is not None and pattern.search(text) is not None
 
 
 def uncased_language(code: str) -> bool:

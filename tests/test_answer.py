@@ -12,6 +12,7 @@ import numpy as np
 from rag.answer import (
     Evidence,
     SentenceVectors,
+    answering,
     build_messages,
     extractive,
     fixed_messages,
@@ -324,3 +325,23 @@ def test_ground_finds_the_city_that_die_stadt_means_in_the_sentence_before() -> 
     grounded = ground(reply, sources, EMBEDDER, "Wie viele Unternehmen hat Ho-Chi-Minh-Stadt?")
     assert grounded is not None and not grounded.refused
     assert grounded.support() == {"supported": 1, "recited": 0, "dropped": 0}
+
+
+def test_asked_how_many_only_sentences_stating_an_amount_are_quoted() -> None:
+    question = "How many startups does Dong Nai have?"
+    quoted = answering(evidence(question).best(4, 1.0), question, "en", question)
+    assert [s.text for source in quoted for s in source.sentences] == [
+        "Dong Nai has about 90 innovative startups.",
+        "Quang Ninh supports 500 startups.",
+        "Ho Chi Minh City hosts 140 firms.",
+    ]
+    assert [source.n for source in quoted] == [1, 2]  # renumbered, "The weather" left out
+
+
+def test_an_amount_the_question_holds_itself_answers_nothing() -> None:
+    question = "How many of the 90 startups are in Dong Nai?"
+    weather = [make_hit("c.txt", "Dong Nai has 90 startups.\nThe weather was fine.", 1)]
+    found = Evidence(weather, EMBEDDER.embed_query(question), EMBEDDER).best(4, 1.0)
+    assert answering(found, question, "en", question) == []
+    # any other kind of question keeps every sentence
+    assert answering(found, "Who leads Dong Nai?", "en", question) == found

@@ -11,7 +11,13 @@ from lingua import Language
 from rag.config import PROMPTS_DIR
 from rag.keyword import STEMMER_NAMES
 from rag.language import LANGUAGE_NAMES, detect_language
-from rag.languages import CORE_LANGUAGES, LANGUAGES, month_spellings
+from rag.languages import (
+    CORE_LANGUAGES,
+    LANGUAGES,
+    amount_question_patterns,
+    month_spellings,
+    numeral_patterns,
+)
 from rag.ui import LANGUAGES as UI_LANGUAGES
 
 # One question per language, as a user would type it.
@@ -38,6 +44,8 @@ def test_every_registry_language_has_messages_and_a_question() -> None:
         assert set(messages) == set(LANGUAGES), name
         assert all(text.strip() for text in messages.values())
     assert set(QUESTIONS) == set(LANGUAGES)
+    # what an answer must state when an amount is asked, in each language
+    assert set(amount_question_patterns()) == set(numeral_patterns()) == set(LANGUAGES)
 
 
 def test_at_least_the_core_and_eight_further_languages() -> None:

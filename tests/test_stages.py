@@ -120,3 +120,14 @@ def test_the_prompt_asks_the_standalone_question() -> None:
     turn = Turn("And Lam Dong?", history, "scripted", None)
     turn.plan = resolve("And Lam Dong?", history, 6)
     assert f"Question: {turn.plan.standalone}\n" in prompt(turn)[-1].content
+
+
+def test_an_amount_asked_and_not_given_is_quoted_from_a_sentence_stating_one(
+    engine: Engine,
+) -> None:
+    # the model talks around "how many": the sentence with the figure answers instead
+    scripted(engine, "Dong Nai supports innovative startups in many ways [1].")
+    answer = engine.ask(DONG_NAI, llm="openai")
+    assert not answer.refused and "90" in answer.answer
+    assert all(any(ch.isdigit() for ch in c.quote) for c in answer.citations)
+    assert answer.support["dropped"] == 1

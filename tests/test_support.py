@@ -6,11 +6,13 @@ import pytest
 
 from rag.support import (
     Facts,
+    asks_amount,
     covers,
     evidence_names,
     facts,
     figures,
     says_not_found,
+    states_amount,
     unknown_names,
     verify_claims,
 )
@@ -140,3 +142,44 @@ def test_a_latin_name_ends_where_kana_or_han_begins() -> None:
 
 def test_an_article_opening_a_sentence_is_no_part_of_a_name() -> None:
     assert not evidence_names([("Die Stadt beherbergt mehr als 140 Unternehmen.", "de")])
+
+
+@pytest.mark.parametrize(
+    ("question", "language"),
+    [
+        ("And how many S&T enterprises does it have?", "en"),
+        ("Đồng Nai có bao nhiêu doanh nghiệp?", "vi"),
+        ("А сколько стартап-проектов поддержали?", "ru"),
+        ("Und wie viele innovative Startups gibt es?", "de"),
+        ("Hvor mye penger har provinsen satt av?", "no"),
+        ("Ile członków mają kluby?", "pl"),
+        ("¿Cuántos visitantes asistieron?", "es"),
+        ("合併後の面積はどのくらいですか？", "ja"),
+        ("至少让多少家企业成为典型企业？", "zh"),
+    ],
+)
+def test_a_question_asking_an_amount_in_any_language(question: str, language: str) -> None:
+    assert asks_amount(question, language)
+
+
+@pytest.mark.parametrize(
+    ("question", "language"),
+    [
+        ("Who chairs the association?", "en"),
+        ("Mobile platforms: when did the project start?", "en"),
+        ("Wer leitet die Vereinigung?", "de"),
+        ("Kto jest prezesem? Mobile aplikacje.", "pl"),
+        ("他几乎每天都工作吗？", "zh"),  # 几乎 is "almost", not "how many"
+    ],
+)
+def test_other_questions_ask_no_amount(question: str, language: str) -> None:
+    assert not asks_amount(question, language)
+
+
+def test_an_amount_is_a_new_figure_or_a_number_word() -> None:
+    question = "Wie viele der 80 Aufgaben hat die Provinz 2025 erfüllt?"
+    assert states_amount("Bis 2025 hat sie 42 der 80 Aufgaben erfüllt.", "de", question)
+    assert not states_amount("Die Provinz hat 2025 Aufgaben erfüllt.", "de", question)
+    assert states_amount("Sie hat fünf Cluster gebildet.", "de")
+    assert states_amount("не менее пяти кластеров", "ru")
+    assert not states_amount("The association supports enterprises.", "en")
