@@ -37,11 +37,13 @@ class LanguageInfo:
     # Definite articles: a short question naming nothing that speaks of "the name" or
     # "die Plattform" speaks of something the conversation introduced.
     definite: tuple[str, ...] = ()
-    # How a question asks for an amount (a count, a sum, a share, an age): its answer
-    # must state one (rag.support.asks_amount). Number words state one without digits.
-    # Whole words; a trailing "*" also matches the longer (inflected) forms; in
-    # Japanese and Chinese anywhere in the text.
+    # How a question asks for an amount (a count, a sum, a share, an age) or a date:
+    # its answer must state one (rag.support.asked). Number words state an amount
+    # without digits. Whole words; a trailing "*" also matches the longer (inflected)
+    # forms; a leading "^" only as the question's first or second word ("When ...?",
+    # "And when ...?", not "What happens when ...?"); in Japanese and Chinese anywhere.
     amount_questions: tuple[str, ...] = ()
+    date_questions: tuple[str, ...] = ()
     numerals: tuple[str, ...] = ()
 
 
@@ -77,6 +79,9 @@ LANGUAGES: dict[str, LanguageInfo] = {
                 "how high", "how far", "what percentage", "what share", "what proportion",
                 "what number of", "what amount",
             ),
+            date_questions=(
+                "^when", "what year", "which year", "what date", "which date", "what day",
+            ),
             numerals=(
                 "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten",
                 "eleven", "twelve", "twenty", "thirty", "forty", "fifty", "hundred*",
@@ -93,6 +98,10 @@ LANGUAGES: dict[str, LanguageInfo] = {
             ("thì sao?", "thì sao", "thế nào?", "ra sao?"),
             ("đó", "ấy", "này", "họ", "nó", "hai bên", "bên kia"),
             amount_questions=("bao nhiêu", "mấy", "bao lâu"),
+            date_questions=(
+                "khi nào", "bao giờ", "năm nào", "ngày nào", "tháng nào", "lúc nào",
+                "thời điểm nào",
+            ),
             numerals=(
                 "một", "hai", "ba", "bốn", "năm", "sáu", "bảy", "tám", "chín", "mười",
                 "mươi", "trăm", "nghìn", "ngàn", "triệu", "tỷ", "tỉ", "nửa",
@@ -115,6 +124,9 @@ LANGUAGES: dict[str, LanguageInfo] = {
                 "сколько", "какой процент", "какая доля", "какую долю", "какова доля",
                 "какой объём", "какой объем", "каков объём", "каков объем",
                 "какое количество", "какова сумма", "какую сумму",
+            ),
+            date_questions=(
+                "^когда", "в каком году", "какого числа", "в какой день", "с какого года",
             ),
             numerals=(
                 "один*", "одн*", "два", "две", "двух*", "три", "трёх*", "трех*", "четыр*",
@@ -140,6 +152,9 @@ LANGUAGES: dict[str, LanguageInfo] = {
                 "wie viel*", "wie hoch", "wie alt", "wie lange", "wie groß", "wie weit",
                 "welcher anteil", "welchen anteil", "wie hoch ist der anteil",
             ),
+            date_questions=(
+                "^wann", "seit wann", "in welchem jahr", "an welchem tag", "welches datum",
+            ),
             numerals=(
                 "zwei*", "drei*", "vier*", "fünf*", "sechs*", "sieben*", "acht*", "neun*",
                 "zehn*", "elf", "zwölf", "zwanzig", "dreißig", "hundert*", "tausend*",
@@ -162,6 +177,7 @@ LANGUAGES: dict[str, LanguageInfo] = {
                 "hvor mange", "hvor mye", "hvor høy*", "hvor gammel", "hvor lenge",
                 "hvor stor*", "hvilken andel",
             ),
+            date_questions=("^når", "hvilket år", "hvilken dato", "hvilken dag"),
             numerals=(
                 "én", "to", "tre", "fire", "fem", "seks", "sju", "syv", "åtte", "ni",
                 "ti", "elleve", "tolv", "tjue", "hundre*", "tusen*", "million*", "milliard*",
@@ -184,6 +200,7 @@ LANGUAGES: dict[str, LanguageInfo] = {
                 "hvor mange", "hvor meget", "hvor høj*", "hvor gammel", "hvor længe",
                 "hvor stor*", "hvilken andel",
             ),
+            date_questions=("^hvornår", "hvilket år", "hvilken dato", "hvilken dag"),
             numerals=(
                 "én", "to", "tre", "fire", "fem", "seks", "syv", "otte", "ni", "ti",
                 "elleve", "tolv", "tyve", "hundrede*", "tusind*", "million*", "milliard*",
@@ -206,6 +223,7 @@ LANGUAGES: dict[str, LanguageInfo] = {
                 "hur många", "hur mycket", "hur hög*", "hur gammal", "hur länge", "hur stor*",
                 "vilken andel",
             ),
+            date_questions=("^när", "vilket år", "vilket datum", "vilken dag"),
             numerals=(
                 "två", "tre", "fyra", "fem", "sex", "sju", "åtta", "nio", "tio",
                 "elva", "tolv", "tjugo", "hundra*", "tusen*", "miljon*", "miljard*", "halv*",
@@ -227,6 +245,10 @@ LANGUAGES: dict[str, LanguageInfo] = {
             amount_questions=(
                 "combien", "quel pourcentage", "quelle part", "quelle proportion", "quel âge",
                 "quel montant", "quel nombre",
+            ),
+            date_questions=(
+                "^quand", "en quelle année", "quelle année", "quelle date", "à quelle date",
+                "quel jour",
             ),
             numerals=(
                 "deux", "trois", "quatre", "cinq", "six", "sept", "huit", "neuf", "dix",
@@ -251,6 +273,7 @@ LANGUAGES: dict[str, LanguageInfo] = {
                 "cuánt*", "cuant*", "qué porcentaje", "qué proporción", "qué edad",
                 "qué parte", "qué cantidad",
             ),
+            date_questions=("^cuándo", "^cuando", "en qué año", "qué año", "qué fecha", "qué día"),
             numerals=(
                 "dos", "tres", "cuatro", "cinco", "seis", "siete", "ocho", "nueve", "diez",
                 "once", "doce", "veint*", "treinta", "cuarenta", "cincuenta", "cien*", "mil",
@@ -273,6 +296,7 @@ LANGUAGES: dict[str, LanguageInfo] = {
                 "скільки", "який відсоток", "яка частка", "яку частку", "який обсяг",
                 "яку суму",
             ),
+            date_questions=("^коли", "в якому році", "якого числа", "якого року", "в який день"),
             numerals=(
                 "один*", "одн*", "два", "дві", "двох*", "три", "трьох*", "чотир*", "п'ят*",
                 "п’ят*", "шіст*", "сім", "сем*", "вісім*", "восьм*", "дев'ят*", "дев’ят*",
@@ -295,6 +319,7 @@ LANGUAGES: dict[str, LanguageInfo] = {
                 "ile", "ilu", "jaki procent", "jaka część", "jaką część", "jaki odsetek",
                 "jaki udział", "w jakim wieku",
             ),
+            date_questions=("^kiedy", "w którym roku", "którego dnia", "jakiego dnia", "od kiedy"),
             numerals=(
                 "jeden", "jedna", "jedno", "dwa", "dwie", "dwóch", "trzy", "trzech", "czter*",
                 "pięć*", "pięci*", "sześć*", "sześci*", "siedem", "siedmi*", "osiem", "ośmi*",
@@ -315,6 +340,7 @@ LANGUAGES: dict[str, LanguageInfo] = {
                 "何パーセント", "何%", "何％", "どのくらい", "どれくらい", "どれだけ",
                 "何歳",
             ),
+            date_questions=("いつ", "何年", "何月", "何日"),
             numerals=("一", "二", "三", "四", "五", "六", "七", "八", "九", "十", "百",
                       "千", "万", "億", "半"),
         ),
@@ -330,6 +356,7 @@ LANGUAGES: dict[str, LanguageInfo] = {
                 "多少", "几个", "几家", "几位", "几名", "几项", "几次", "几岁", "多大",
                 "多高", "多长", "多久", "百分之几",
             ),
+            date_questions=("什么时候", "何时", "哪一年", "哪年", "几月", "几号", "哪一天", "哪天"),
             numerals=("一", "二", "两", "三", "四", "五", "六", "七", "八", "九", "十",
                       "百", "千", "万", "亿", "半"),
         ),
@@ -369,31 +396,34 @@ def definite_articles() -> frozenset[str]:
 
 
 @cache
-def amount_question_patterns() -> dict[str, re.Pattern[str]]:
-    """Per language, how a question asks for an amount (LanguageInfo.amount_questions)."""
+def question_patterns(kind: str) -> dict[str, re.Pattern[str]]:
+    """Per language, how a question asks for an `kind` ("amount" or "date")."""
     return {
-        code: _words_pattern(info.amount_questions, info.cased)
+        code: _words_pattern(getattr(info, f"{kind}_questions"), info.cased)
         for code, info in LANGUAGES.items()
-        if info.amount_questions
     }
 
 
 @cache
 def numeral_patterns() -> dict[str, re.Pattern[str]]:
     """Per language, its number words (LanguageInfo.numerals)."""
-    return {
-        code: _words_pattern(info.numerals, info.cased)
-        for code, info in LANGUAGES.items()
-        if info.numerals
-    }
+    return {code: _words_pattern(info.numerals, info.cased) for code, info in LANGUAGES.items()}
 
 
 def _words_pattern(words: tuple[str, ...], spaced: bool) -> re.Pattern[str]:
-    """Whole words or phrases ("wie viel*": with longer forms), case-insensitive; in a
-    language written without spaces, anywhere."""
-    forms = [re.escape(w.removesuffix("*")) + (r"\w*" if w.endswith("*") else "") for w in words]
-    body = "|".join(sorted(forms, key=len, reverse=True))
-    return re.compile(rf"(?<!\w)(?:{body})(?!\w)" if spaced else f"(?:{body})", re.IGNORECASE)
+    """Whole words or phrases ("wie viel*": with longer forms, "^wann": first or second
+    word), case-insensitive; in a language written without spaces, anywhere."""
+    anywhere, first = [], []
+    for word in words:
+        form = re.escape(word.strip("^*")) + (r"\w*" if word.endswith("*") else "")
+        (first if word.startswith("^") and spaced else anywhere).append(form)
+    parts = []
+    if anywhere:
+        body = "|".join(sorted(anywhere, key=len, reverse=True))
+        parts.append(rf"(?<!\w)(?:{body})(?!\w)" if spaced else f"(?:{body})")
+    if first:
+        parts.append(rf"^\W*(?:\w+\W+)?(?:{'|'.join(first)})(?!\w)")
+    return re.compile("|".join(parts) or r"(?!x)x", re.IGNORECASE)
 
 
 def stemmer_names() -> dict[str, str]:

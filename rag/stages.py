@@ -35,7 +35,7 @@ from rag.grounding import ground
 from rag.languages import language_name
 from rag.llm import ChatBackend, Message, context_budget
 from rag.records import Answer, Citation, Hit
-from rag.support import asks_amount, states_amount
+from rag.support import asked, states
 
 if TYPE_CHECKING:
     from rag.engine import Engine, Pipeline
@@ -142,17 +142,16 @@ def check(engine: Engine, turn: Turn) -> Answer:
         return _answer(turn, text, False, citations, _quoted(citations))
     if is_refusal(turn.reply):
         return _answer(turn, refusal_message(resolved.language), True, [])
-    asked, language, question = _asked(turn)
+    standalone, language, question = _asked(turn)
     grounded = ground(turn.reply, turn.sources, engine.embedder, question, turn.hits, language)
     if grounded is None:  # nothing in the reply can be tied to a source: quote instead
         return _quote_instead(turn)
     if grounded.refused:
         return _answer(turn, refusal_message(language), True, [], grounded.support())
-    if asks_amount(asked, language) and not states_amount(
-        strip_markers(grounded.text), language, question
-    ):
-        # asked how many, the model wrote around it: the sentences stating an amount
-        # answer better, and if none does, nothing does
+    kind = asked(standalone, language)
+    if kind is not None and not states(kind, strip_markers(grounded.text), language, question):
+        # asked how many or when, the model wrote around it: the sentences stating an
+        # amount or a date answer better, and if none does, nothing does
         return _quote_instead(turn, dropped=grounded.kept)
     return _answer(turn, grounded.text, False, grounded.citations, grounded.support())
 

@@ -14,9 +14,9 @@ from rag.language import LANGUAGE_NAMES, detect_language
 from rag.languages import (
     CORE_LANGUAGES,
     LANGUAGES,
-    amount_question_patterns,
     month_spellings,
     numeral_patterns,
+    question_patterns,
 )
 from rag.ui import LANGUAGES as UI_LANGUAGES
 
@@ -44,8 +44,10 @@ def test_every_registry_language_has_messages_and_a_question() -> None:
         assert set(messages) == set(LANGUAGES), name
         assert all(text.strip() for text in messages.values())
     assert set(QUESTIONS) == set(LANGUAGES)
-    # what an answer must state when an amount is asked, in each language
-    assert set(amount_question_patterns()) == set(numeral_patterns()) == set(LANGUAGES)
+    # what an answer must state when an amount or a date is asked, in each language
+    for info in LANGUAGES.values():
+        assert info.amount_questions and info.date_questions and info.numerals, info.code
+    assert set(question_patterns("amount")) == set(numeral_patterns()) == set(LANGUAGES)
 
 
 def test_at_least_the_core_and_eight_further_languages() -> None:

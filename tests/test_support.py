@@ -5,14 +5,16 @@ from __future__ import annotations
 import pytest
 
 from rag.support import (
+    AMOUNT,
+    DATE,
     Facts,
-    asks_amount,
+    asked,
     covers,
     evidence_names,
     facts,
     figures,
     says_not_found,
-    states_amount,
+    states,
     unknown_names,
     verify_claims,
 )
@@ -159,7 +161,23 @@ def test_an_article_opening_a_sentence_is_no_part_of_a_name() -> None:
     ],
 )
 def test_a_question_asking_an_amount_in_any_language(question: str, language: str) -> None:
-    assert asks_amount(question, language)
+    assert asked(question, language) == AMOUNT
+
+
+@pytest.mark.parametrize(
+    ("question", "language"),
+    [
+        ("When was it founded?", "en"),
+        ("And when did the platform launch?", "en"),
+        ("Trận Điện Biên Phủ kết thúc vào năm nào?", "vi"),
+        ("Когда была принята резолюция?", "ru"),
+        ("Seit wann gibt es den Fonds?", "de"),
+        ("Hvornår blev loven vedtaget?", "da"),
+        ("在日ベトナム大使館はいつ開設されましたか？", "ja"),
+    ],
+)
+def test_a_question_asking_a_date_in_any_language(question: str, language: str) -> None:
+    assert asked(question, language) == DATE
 
 
 @pytest.mark.parametrize(
@@ -170,16 +188,25 @@ def test_a_question_asking_an_amount_in_any_language(question: str, language: st
         ("Wer leitet die Vereinigung?", "de"),
         ("Kto jest prezesem? Mobile aplikacje.", "pl"),
         ("他几乎每天都工作吗？", "zh"),  # 几乎 is "almost", not "how many"
+        ("What happens when a startup fails?", "en"),  # "when" as a conjunction
+        ("Что изменилось, когда провинции объединили?", "ru"),
     ],
 )
-def test_other_questions_ask_no_amount(question: str, language: str) -> None:
-    assert not asks_amount(question, language)
+def test_other_questions_ask_no_figure(question: str, language: str) -> None:
+    assert asked(question, language) is None
 
 
 def test_an_amount_is_a_new_figure_or_a_number_word() -> None:
     question = "Wie viele der 80 Aufgaben hat die Provinz 2025 erfüllt?"
-    assert states_amount("Bis 2025 hat sie 42 der 80 Aufgaben erfüllt.", "de", question)
-    assert not states_amount("Die Provinz hat 2025 Aufgaben erfüllt.", "de", question)
-    assert states_amount("Sie hat fünf Cluster gebildet.", "de")
-    assert states_amount("не менее пяти кластеров", "ru")
-    assert not states_amount("The association supports enterprises.", "en")
+    assert states(AMOUNT, "Bis 2025 hat sie 42 der 80 Aufgaben erfüllt.", "de", question)
+    assert not states(AMOUNT, "Die Provinz hat 2025 Aufgaben erfüllt.", "de", question)
+    assert states(AMOUNT, "Sie hat fünf Cluster gebildet.", "de")
+    assert states(AMOUNT, "не менее пяти кластеров", "ru")
+    assert not states(AMOUNT, "The association supports enterprises.", "en")
+
+
+def test_a_date_is_a_new_figure_or_a_month() -> None:
+    assert states(DATE, "It opened in 2019.", "en", "When did it open?")
+    assert states(DATE, "Den ble åpnet i mai.", "no")
+    assert not states(DATE, "It opened after the merger.", "en")
+    assert not states(DATE, "The 2025 law took effect then.", "en", "When did the 2025 law apply?")
