@@ -39,12 +39,16 @@ class LanguageInfo:
     definite: tuple[str, ...] = ()
     # How a question asks for an amount (a count, a sum, a share, an age) or a date:
     # its answer must state one (rag.support.asked). Number words state an amount
-    # without digits. Whole words; a trailing "*" also matches the longer (inflected)
-    # forms; a leading "^" only as the question's first or second word ("When ...?",
-    # "And when ...?", not "What happens when ...?"); in Japanese and Chinese anywhere.
+    # without digits. Whole words or phrases; a trailing "*" also matches the longer
+    # (inflected) forms; a leading "^" only as the question's first or second word
+    # ("Когда ...?", "А когда ...?"; not "Что изменилось, когда ...?"); "re:" starts a
+    # regular expression, for the readings a word must not have ("いつ" but not "いつも",
+    # always). A question wrongly taken to ask a figure loses a good answer: only
+    # unambiguous wordings belong here.
     amount_questions: tuple[str, ...] = ()
     date_questions: tuple[str, ...] = ()
     numerals: tuple[str, ...] = ()
+    spaced: bool = True  # words are separated by spaces (not in Japanese and Chinese)
 
 
 def _months(spellings: str) -> tuple[tuple[str, ...], ...]:
@@ -75,16 +79,21 @@ LANGUAGES: dict[str, LanguageInfo] = {
              "those", "these"),
             definite=("the",),
             amount_questions=(
-                "how many", "how much", "how old", "how long", "how large", "how big",
-                "how high", "how far", "what percentage", "what share", "what proportion",
-                "what number of", "what amount",
+                "how many", "how much", "how old", "how long", "how large", "how high",
+                "what percentage", "what share", "what proportion", "what number of",
+                "what amount",
             ),
             date_questions=(
-                "^when", "what year", "which year", "what date", "which date", "what day",
+                # "when" and its verb: "When a firm fails, what ...?" asks no date
+                r"re:^\W*(?:\w+\W+)?when\s+(?:is|was|were|are|did|does|do|will|would|has|"
+                r"have|had|can|could|should)\b",
+                "what year", "which year", "what date", "which date", "what day",
             ),
             numerals=(
                 "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten",
-                "eleven", "twelve", "twenty", "thirty", "forty", "fifty", "hundred*",
+                "eleven", "twelve", "thirteen", "fourteen", "fifteen", "sixteen", "seventeen",
+                "eighteen", "nineteen", "twenty", "thirty", "forty", "fifty", "sixty",
+                "seventy", "eighty", "ninety", "zero", "hundred*",
                 "thousand*", "million*", "billion*", "dozen*", "half", "third", "quarter",
             ),
         ),
@@ -97,10 +106,10 @@ LANGUAGES: dict[str, LanguageInfo] = {
             ("còn ", "và ", "thế còn", "vậy còn", "thế ", "vậy "),
             ("thì sao?", "thì sao", "thế nào?", "ra sao?"),
             ("đó", "ấy", "này", "họ", "nó", "hai bên", "bên kia"),
-            amount_questions=("bao nhiêu", "mấy", "bao lâu"),
+            amount_questions=("bao nhiêu", "bao lâu"),
             date_questions=(
-                "khi nào", "bao giờ", "năm nào", "ngày nào", "tháng nào", "lúc nào",
-                "thời điểm nào",
+                "khi nào", "re:(?<!chưa )(?<!đã )bao giờ", "năm nào", "ngày nào",
+                "tháng nào", "re:lúc nào(?! cũng)", "thời điểm nào",
             ),
             numerals=(
                 "một", "hai", "ba", "bốn", "năm", "sáu", "bảy", "tám", "chín", "mười",
@@ -129,9 +138,11 @@ LANGUAGES: dict[str, LanguageInfo] = {
                 "^когда", "в каком году", "какого числа", "в какой день", "с какого года",
             ),
             numerals=(
-                "один*", "одн*", "два", "две", "двух*", "три", "трёх*", "трех*", "четыр*",
-                "пят*", "шест*", "сем*", "восем*", "восьм*", "девят*", "десят*", "сто",
-                "сот*", "двест*", "тысяч*", "миллион*", "миллиард*", "половин*", "треть*",
+                "один*", "одна", "одно", "одной", "одного", "два", "две", "двух*", "три",
+                "трёх*", "трех*", "четыр*", "пят*", "шест*", "семь", "семи", "восем*",
+                "восьм*", "девят*", "десят*", "одиннадцат*", "двенадцат*", "двадцат*",
+                "тридцат*", "сорок*", "девяност*", "сто", "сотни", "сотен", "двест*",
+                "тысяч*", "миллион*", "миллиард*", "половин*", "треть*",
             ),
         ),
         LanguageInfo(
@@ -149,15 +160,16 @@ LANGUAGES: dict[str, LanguageInfo] = {
              "sein", "seine", "dieser", "diese", "dieses"),
             definite=("der", "die", "das", "dem", "den", "des"),
             amount_questions=(
-                "wie viel*", "wie hoch", "wie alt", "wie lange", "wie groß", "wie weit",
-                "welcher anteil", "welchen anteil", "wie hoch ist der anteil",
+                "wie viel", "wie viele", "wie vielen", "wie vieler", "wieviel*", "wie hoch",
+                "wie alt", "wie lange", "welcher anteil", "welchen anteil",
             ),
             date_questions=(
-                "^wann", "seit wann", "in welchem jahr", "an welchem tag", "welches datum",
+                "wann", "in welchem jahr", "an welchem tag", "welches datum",
             ),
             numerals=(
-                "zwei*", "drei*", "vier*", "fünf*", "sechs*", "sieben*", "acht*", "neun*",
-                "zehn*", "elf", "zwölf", "zwanzig", "dreißig", "hundert*", "tausend*",
+                "zwei*", "drei*", "vier*", "fünf*", "sechs*", "sech*", "sieben*", "sieb*",
+                "acht*", "neun*", "zehn*", "elf", "zwölf", "zwanzig", "dreißig", "vierzig",
+                "fünfzig", "hundert*", "tausend*",
                 "million*", "milliard*", "halb*", "hälfte", "drittel", "viertel", "dutzend*",
             ),
         ),
@@ -175,7 +187,7 @@ LANGUAGES: dict[str, LanguageInfo] = {
              "hennes", "deres", "av det", "om det", "for det"),
             amount_questions=(
                 "hvor mange", "hvor mye", "hvor høy*", "hvor gammel", "hvor lenge",
-                "hvor stor*", "hvilken andel",
+                "hvor stor andel", "hvor stor en andel", "hvilken andel",
             ),
             date_questions=("^når", "hvilket år", "hvilken dato", "hvilken dag"),
             numerals=(
@@ -198,7 +210,7 @@ LANGUAGES: dict[str, LanguageInfo] = {
              "deres", "af det", "om det", "for det"),
             amount_questions=(
                 "hvor mange", "hvor meget", "hvor høj*", "hvor gammel", "hvor længe",
-                "hvor stor*", "hvilken andel",
+                "hvor stor andel", "hvor stor en andel", "hvilken andel",
             ),
             date_questions=("^hvornår", "hvilket år", "hvilken dato", "hvilken dag"),
             numerals=(
@@ -220,8 +232,8 @@ LANGUAGES: dict[str, LanguageInfo] = {
             ("den", "dem", "detta", "dessa", "han", "hon", "honom", "henne", "hans",
              "hennes", "deras", "av det", "om det", "för det"),
             amount_questions=(
-                "hur många", "hur mycket", "hur hög*", "hur gammal", "hur länge", "hur stor*",
-                "vilken andel",
+                "hur många", "hur mycket", "hur hög*", "hur gammal", "hur länge",
+                "hur stor andel", "hur stor del", "vilken andel",
             ),
             date_questions=("^när", "vilket år", "vilket datum", "vilken dag"),
             numerals=(
@@ -270,10 +282,9 @@ LANGUAGES: dict[str, LanguageInfo] = {
              "esta"),
             definite=("el", "la", "los", "las"),
             amount_questions=(
-                "cuánt*", "cuant*", "qué porcentaje", "qué proporción", "qué edad",
-                "qué parte", "qué cantidad",
+                "cuánt*", "qué porcentaje", "qué proporción", "qué edad", "qué cantidad",
             ),
-            date_questions=("^cuándo", "^cuando", "en qué año", "qué año", "qué fecha", "qué día"),
+            date_questions=("cuándo", "en qué año", "qué año", "qué fecha", "qué día"),
             numerals=(
                 "dos", "tres", "cuatro", "cinco", "seis", "siete", "ocho", "nueve", "diez",
                 "once", "doce", "veint*", "treinta", "cuarenta", "cincuenta", "cien*", "mil",
@@ -316,8 +327,8 @@ LANGUAGES: dict[str, LanguageInfo] = {
             (),
             ("on", "ona", "ono", "oni", "one", "jego", "jej", "ich", "tam", "ten", "ta", "te"),
             amount_questions=(
-                "ile", "ilu", "jaki procent", "jaka część", "jaką część", "jaki odsetek",
-                "jaki udział", "w jakim wieku",
+                r"re:(?<!na )(?<!o )ile", "ilu", "jaki procent", "jaka część", "jaką część",
+                "jaki odsetek", "jaki udział",
             ),
             date_questions=("^kiedy", "w którym roku", "którego dnia", "jakiego dnia", "od kiedy"),
             numerals=(
@@ -336,13 +347,13 @@ LANGUAGES: dict[str, LanguageInfo] = {
             ("は？", "は?", "はどう？", "はどうですか"),
             ("それ", "その", "そこ", "彼", "彼女"),
             amount_questions=(
-                "いくつ", "いくら", "何人", "何社", "何件", "何個", "何カ所", "何か所",
-                "何パーセント", "何%", "何％", "どのくらい", "どれくらい", "どれだけ",
-                "何歳",
+                "re:いくつ(?!か)", "re:いくら(?!で?も)", "re:何[人社件個](?!か)", "何カ所",
+                "何か所", "何パーセント", "何%", "何％", "どのくらい", "どれくらい", "何歳",
             ),
-            date_questions=("いつ", "何年", "何月", "何日"),
+            date_questions=("re:いつ(?!も|か|でも|まで)", "何年", "何月", "何日"),
             numerals=("一", "二", "三", "四", "五", "六", "七", "八", "九", "十", "百",
                       "千", "万", "億", "半"),
+            spaced=False,
         ),
         LanguageInfo(
             "zh", "Chinese", "中文", ("CHINESE",), None, False,
@@ -353,12 +364,13 @@ LANGUAGES: dict[str, LanguageInfo] = {
             ("呢？", "呢?", "呢"),
             ("它", "他", "她", "他们", "那里", "其"),
             amount_questions=(
-                "多少", "几个", "几家", "几位", "几名", "几项", "几次", "几岁", "多大",
-                "多高", "多长", "多久", "百分之几",
+                "re:(?<!或)多少(?!有些|有点)", "re:(?<!哪)几[个家位名项次岁]",
+                "re:多大(?!程度)", "多高", "多久", "百分之几",
             ),
             date_questions=("什么时候", "何时", "哪一年", "哪年", "几月", "几号", "哪一天", "哪天"),
             numerals=("一", "二", "两", "三", "四", "五", "六", "七", "八", "九", "十",
                       "百", "千", "万", "亿", "半"),
+            spaced=False,
         ),
     )
 }  # fmt: skip
@@ -399,7 +411,7 @@ def definite_articles() -> frozenset[str]:
 def question_patterns(kind: str) -> dict[str, re.Pattern[str]]:
     """Per language, how a question asks for an `kind` ("amount" or "date")."""
     return {
-        code: _words_pattern(getattr(info, f"{kind}_questions"), info.cased)
+        code: _words_pattern(getattr(info, f"{kind}_questions"), info.spaced)
         for code, info in LANGUAGES.items()
     }
 
@@ -407,22 +419,28 @@ def question_patterns(kind: str) -> dict[str, re.Pattern[str]]:
 @cache
 def numeral_patterns() -> dict[str, re.Pattern[str]]:
     """Per language, its number words (LanguageInfo.numerals)."""
-    return {code: _words_pattern(info.numerals, info.cased) for code, info in LANGUAGES.items()}
+    return {code: _words_pattern(info.numerals, info.spaced) for code, info in LANGUAGES.items()}
 
 
 def _words_pattern(words: tuple[str, ...], spaced: bool) -> re.Pattern[str]:
-    """Whole words or phrases ("wie viel*": with longer forms, "^wann": first or second
-    word), case-insensitive; in a language written without spaces, anywhere."""
+    """Whole words or phrases in a case-insensitive pattern; in a language written
+    without spaces, anywhere. The markers are LanguageInfo.amount_questions'."""
     anywhere, first = [], []
     for word in words:
-        form = re.escape(word.strip("^*")) + (r"\w*" if word.endswith("*") else "")
+        if word.startswith("re:"):
+            anywhere.append(word.removeprefix("re:"))
+            continue
+        form = r"\s+".join(map(re.escape, word.strip("^*").split()))
+        form += r"\w*" if word.endswith("*") else ""
         (first if word.startswith("^") and spaced else anywhere).append(form)
     parts = []
     if anywhere:
         body = "|".join(sorted(anywhere, key=len, reverse=True))
-        parts.append(rf"(?<!\w)(?:{body})(?!\w)" if spaced else f"(?:{body})")
+        # "-" joins words: "what day" is not in "what day-to-day support"
+        parts.append(rf"(?<![\w-])(?:{body})(?![\w-])" if spaced else f"(?:{body})")
     if first:
-        parts.append(rf"^\W*(?:\w+\W+)?(?:{'|'.join(first)})(?!\w)")
+        # the first or second word ("When ...?", "And when ...?")
+        parts.append(rf"^\W*(?:\w+\W+)?(?:{'|'.join(first)})(?![\w-])")
     return re.compile("|".join(parts) or r"(?!x)x", re.IGNORECASE)
 
 

@@ -152,7 +152,7 @@ def check(engine: Engine, turn: Turn) -> Answer:
     if kind is not None and not states(kind, strip_markers(grounded.text), language, question):
         # asked how many or when, the model wrote around it: the sentences stating an
         # amount or a date answer better, and if none does, nothing does
-        return _quote_instead(turn, dropped=grounded.kept)
+        return _quote_instead(turn, dropped=grounded.kept + grounded.dropped)
     return _answer(turn, grounded.text, False, grounded.citations, grounded.support())
 
 

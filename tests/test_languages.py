@@ -45,9 +45,24 @@ def test_every_registry_language_has_messages_and_a_question() -> None:
         assert all(text.strip() for text in messages.values())
     assert set(QUESTIONS) == set(LANGUAGES)
     # what an answer must state when an amount or a date is asked, in each language
-    for info in LANGUAGES.values():
-        assert info.amount_questions and info.date_questions and info.numerals, info.code
-    assert set(question_patterns("amount")) == set(numeral_patterns()) == set(LANGUAGES)
+    for code, info in LANGUAGES.items():
+        assert info.amount_questions and info.date_questions and info.numerals, code
+
+
+@pytest.mark.parametrize("code", sorted(LANGUAGES))
+def test_each_amount_and_date_wording_is_recognized_as_written(code: str) -> None:
+    info = LANGUAGES[code]
+    tables = [
+        (question_patterns("amount")[code], info.amount_questions),
+        (question_patterns("date")[code], info.date_questions),
+        (numeral_patterns()[code], info.numerals),
+    ]
+    for pattern, words in tables:
+        for word in words:
+            if not word.startswith("re:"):
+                written = word.strip("^*")
+                assert pattern.search(f"{written} ?"), (code, word)
+                assert pattern.search(f"{written.upper()} ?"), (code, word)
 
 
 def test_at_least_the_core_and_eight_further_languages() -> None:

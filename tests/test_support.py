@@ -172,6 +172,16 @@ def test_an_article_opening_a_sentence_is_no_part_of_a_name() -> None:
         ("他几乎每天都工作吗？", "zh", None),  # 几乎 is "almost", not "how many"
         ("What happens when a startup fails?", "en", None),  # "when" as a conjunction
         ("Что изменилось, когда провинции объединили?", "ru", None),
+        ("When a startup fails, what support does the province give?", "en", None),
+        ("What day-to-day support do startups get?", "en", None),
+        ("Wie vielfältig ist das Angebot?", "de", None),
+        ("¿Qué dijo el gobierno en cuanto a la inversión?", "es", None),
+        ("Na ile skuteczne są te programy?", "pl", None),
+        ("Tỉnh đã bao giờ tổ chức hội thảo này chưa?", "vi", None),
+        ("彼はいつも何をしていますか？", "ja", None),  # いつも is "always"
+        ("いくつかの企業は何をしましたか？", "ja", None),  # いくつか is "some"
+        ("政府采取了哪几个措施？", "zh", None),  # "which ones"
+        ("这个项目在多大程度上成功了？", "zh", None),  # "to what extent"
     ],
 )
 def test_what_a_question_asks_for_in_any_language(
@@ -186,6 +196,8 @@ def test_an_amount_is_a_new_figure_or_a_number_word() -> None:
     assert not states(AMOUNT, "Die Provinz hat 2025 Aufgaben erfüllt.", "de", question)
     assert states(AMOUNT, "Sie hat fünf Cluster gebildet.", "de")
     assert states(AMOUNT, "не менее пяти кластеров", "ru")
+    assert states(AMOUNT, "sechzehn Unternehmen", "de") and states(AMOUNT, "ninety firms", "en")
+    assert not states(AMOUNT, "сотрудничество и семья", "ru")  # no number inside words
     assert not states(AMOUNT, "The association supports enterprises.", "en")
 
 
