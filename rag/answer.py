@@ -26,7 +26,7 @@ from rag.config import PROMPTS_DIR
 from rag.languages import language_name
 from rag.llm import Message
 from rag.records import Citation, Hit, Location
-from rag.support import asked, states
+from rag.support import asks_amount, states_amount
 
 # Re-exported: the engine picks the extractive answer's size from here.
 from rag.tuning import EXTRACTIVE_MARGIN as EXTRACTIVE_MARGIN
@@ -241,13 +241,12 @@ def fixed_messages() -> tuple[Message, ...]:
 
 def answering(sources: list[Source], question: str, language: str, given: str) -> list[Source]:
     """The sentences that can answer the question, renumbered: for one asking an amount
-    or a date ("how many", "when"), those stating one that `given` (the question and
-    the one before) does not already hold; all of them for any other question."""
-    kind = asked(question, language)
-    if kind is None:
+    ("how many", "bao nhiêu"), those stating one that `given` (the question and the one
+    before) does not already hold; all of them for any other question."""
+    if not asks_amount(question, language):
         return sources
     kept = [
-        [s for s in source.sentences if states(kind, s.text, source.hit.chunk.language, given)]
+        [s for s in source.sentences if states_amount(s.text, source.hit.chunk.language, given)]
         for source in sources
     ]
     chosen = [(source, found) for source, found in zip(sources, kept, strict=True) if found]

@@ -37,16 +37,14 @@ class LanguageInfo:
     # Definite articles: a short question naming nothing that speaks of "the name" or
     # "die Plattform" speaks of something the conversation introduced.
     definite: tuple[str, ...] = ()
-    # How a question asks for an amount (a count, a sum, a share, an age) or a date:
-    # its answer must state one (rag.support.asked). Number words state an amount
-    # without digits. Whole words or phrases; a trailing "*" also matches the longer
-    # (inflected) forms; a leading "^" only as the question's first or second word
-    # ("Когда ...?", "А когда ...?"; not "Что изменилось, когда ...?"); "re:" starts a
-    # regular expression, for the readings a word must not have ("いつ" but not "いつも",
-    # always). A question wrongly taken to ask a figure loses a good answer: only
-    # unambiguous wordings belong here.
+    # How a question asks for an amount (a count, a sum, a share, an age): its answer
+    # must state one (rag.support.asks_amount). Number words state one without digits.
+    # Whole words or phrases; a trailing "*" also matches the longer (inflected) forms;
+    # "re:" starts a regular expression, for the readings a word must not have
+    # ("いくつ" but not "いくつか", some). A question wrongly taken to ask an amount loses
+    # a good answer: only unambiguous wordings belong here. (Dates were tried too and
+    # left out: "When is the library closed?" is answered by "on Mondays".)
     amount_questions: tuple[str, ...] = ()
-    date_questions: tuple[str, ...] = ()
     numerals: tuple[str, ...] = ()
     spaced: bool = True  # words are separated by spaces (not in Japanese and Chinese)
 
@@ -83,12 +81,6 @@ LANGUAGES: dict[str, LanguageInfo] = {
                 "what percentage", "what share", "what proportion", "what number of",
                 "what amount",
             ),
-            date_questions=(
-                # "when" and its verb: "When a firm fails, what ...?" asks no date
-                r"re:^\W*(?:\w+\W+)?when\s+(?:is|was|were|are|did|does|do|will|would|has|"
-                r"have|had|can|could|should)\b",
-                "what year", "which year", "what date", "which date", "what day",
-            ),
             numerals=(
                 "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten",
                 "eleven", "twelve", "thirteen", "fourteen", "fifteen", "sixteen", "seventeen",
@@ -107,10 +99,6 @@ LANGUAGES: dict[str, LanguageInfo] = {
             ("thì sao?", "thì sao", "thế nào?", "ra sao?"),
             ("đó", "ấy", "này", "họ", "nó", "hai bên", "bên kia"),
             amount_questions=("bao nhiêu", "bao lâu"),
-            date_questions=(
-                "khi nào", "re:(?<!chưa )(?<!đã )bao giờ", "năm nào", "ngày nào",
-                "tháng nào", "re:lúc nào(?! cũng)", "thời điểm nào",
-            ),
             numerals=(
                 "một", "hai", "ba", "bốn", "năm", "sáu", "bảy", "tám", "chín", "mười",
                 "mươi", "trăm", "nghìn", "ngàn", "triệu", "tỷ", "tỉ", "nửa",
@@ -133,9 +121,6 @@ LANGUAGES: dict[str, LanguageInfo] = {
                 "сколько", "какой процент", "какая доля", "какую долю", "какова доля",
                 "какой объём", "какой объем", "каков объём", "каков объем",
                 "какое количество", "какова сумма", "какую сумму",
-            ),
-            date_questions=(
-                "^когда", "в каком году", "какого числа", "в какой день", "с какого года",
             ),
             numerals=(
                 "один*", "одна", "одно", "одной", "одного", "два", "две", "двух*", "три",
@@ -163,9 +148,6 @@ LANGUAGES: dict[str, LanguageInfo] = {
                 "wie viel", "wie viele", "wie vielen", "wie vieler", "wieviel*", "wie hoch",
                 "wie alt", "wie lange", "welcher anteil", "welchen anteil",
             ),
-            date_questions=(
-                "wann", "in welchem jahr", "an welchem tag", "welches datum",
-            ),
             numerals=(
                 "zwei*", "drei*", "vier*", "fünf*", "sechs*", "sech*", "sieben*", "sieb*",
                 "acht*", "neun*", "zehn*", "elf", "zwölf", "zwanzig", "dreißig", "vierzig",
@@ -189,7 +171,6 @@ LANGUAGES: dict[str, LanguageInfo] = {
                 "hvor mange", "hvor mye", "hvor høy*", "hvor gammel", "hvor lenge",
                 "hvor stor andel", "hvor stor en andel", "hvilken andel",
             ),
-            date_questions=("^når", "hvilket år", "hvilken dato", "hvilken dag"),
             numerals=(
                 "én", "to", "tre", "fire", "fem", "seks", "sju", "syv", "åtte", "ni",
                 "ti", "elleve", "tolv", "tjue", "hundre*", "tusen*", "million*", "milliard*",
@@ -212,7 +193,6 @@ LANGUAGES: dict[str, LanguageInfo] = {
                 "hvor mange", "hvor meget", "hvor høj*", "hvor gammel", "hvor længe",
                 "hvor stor andel", "hvor stor en andel", "hvilken andel",
             ),
-            date_questions=("^hvornår", "hvilket år", "hvilken dato", "hvilken dag"),
             numerals=(
                 "én", "to", "tre", "fire", "fem", "seks", "syv", "otte", "ni", "ti",
                 "elleve", "tolv", "tyve", "hundrede*", "tusind*", "million*", "milliard*",
@@ -235,7 +215,6 @@ LANGUAGES: dict[str, LanguageInfo] = {
                 "hur många", "hur mycket", "hur hög*", "hur gammal", "hur länge",
                 "hur stor andel", "hur stor del", "vilken andel",
             ),
-            date_questions=("^när", "vilket år", "vilket datum", "vilken dag"),
             numerals=(
                 "två", "tre", "fyra", "fem", "sex", "sju", "åtta", "nio", "tio",
                 "elva", "tolv", "tjugo", "hundra*", "tusen*", "miljon*", "miljard*", "halv*",
@@ -257,10 +236,6 @@ LANGUAGES: dict[str, LanguageInfo] = {
             amount_questions=(
                 "combien", "quel pourcentage", "quelle part", "quelle proportion", "quel âge",
                 "quel montant", "quel nombre",
-            ),
-            date_questions=(
-                "^quand", "en quelle année", "quelle année", "quelle date", "à quelle date",
-                "quel jour",
             ),
             numerals=(
                 "deux", "trois", "quatre", "cinq", "six", "sept", "huit", "neuf", "dix",
@@ -284,7 +259,6 @@ LANGUAGES: dict[str, LanguageInfo] = {
             amount_questions=(
                 "cuánt*", "qué porcentaje", "qué proporción", "qué edad", "qué cantidad",
             ),
-            date_questions=("cuándo", "en qué año", "qué año", "qué fecha", "qué día"),
             numerals=(
                 "dos", "tres", "cuatro", "cinco", "seis", "siete", "ocho", "nueve", "diez",
                 "once", "doce", "veint*", "treinta", "cuarenta", "cincuenta", "cien*", "mil",
@@ -307,7 +281,6 @@ LANGUAGES: dict[str, LanguageInfo] = {
                 "скільки", "який відсоток", "яка частка", "яку частку", "який обсяг",
                 "яку суму",
             ),
-            date_questions=("^коли", "в якому році", "якого числа", "якого року", "в який день"),
             numerals=(
                 "один*", "одн*", "два", "дві", "двох*", "три", "трьох*", "чотир*", "п'ят*",
                 "п’ят*", "шіст*", "сім", "сем*", "вісім*", "восьм*", "дев'ят*", "дев’ят*",
@@ -330,7 +303,6 @@ LANGUAGES: dict[str, LanguageInfo] = {
                 r"re:(?<!na )(?<!o )ile", "ilu", "jaki procent", "jaka część", "jaką część",
                 "jaki odsetek", "jaki udział",
             ),
-            date_questions=("^kiedy", "w którym roku", "którego dnia", "jakiego dnia", "od kiedy"),
             numerals=(
                 "jeden", "jedna", "jedno", "dwa", "dwie", "dwóch", "trzy", "trzech", "czter*",
                 "pięć*", "pięci*", "sześć*", "sześci*", "siedem", "siedmi*", "osiem", "ośmi*",
@@ -350,7 +322,6 @@ LANGUAGES: dict[str, LanguageInfo] = {
                 "re:いくつ(?!か)", "re:いくら(?!で?も)", "re:何[人社件個](?!か)", "何カ所",
                 "何か所", "何パーセント", "何%", "何％", "どのくらい", "どれくらい", "何歳",
             ),
-            date_questions=("re:いつ(?!も|か|でも|まで)", "何年", "何月", "何日"),
             numerals=("一", "二", "三", "四", "五", "六", "七", "八", "九", "十", "百",
                       "千", "万", "億", "半"),
             spaced=False,
@@ -367,7 +338,6 @@ LANGUAGES: dict[str, LanguageInfo] = {
                 "re:(?<!或)多少(?!有些|有点)", "re:(?<!哪)几[个家位名项次岁]",
                 "re:多大(?!程度)", "多高", "多久", "百分之几",
             ),
-            date_questions=("什么时候", "何时", "哪一年", "哪年", "几月", "几号", "哪一天", "哪天"),
             numerals=("一", "二", "两", "三", "四", "五", "六", "七", "八", "九", "十",
                       "百", "千", "万", "亿", "半"),
             spaced=False,
@@ -408,11 +378,10 @@ def definite_articles() -> frozenset[str]:
 
 
 @cache
-def question_patterns(kind: str) -> dict[str, re.Pattern[str]]:
-    """Per language, how a question asks for an `kind` ("amount" or "date")."""
+def amount_question_patterns() -> dict[str, re.Pattern[str]]:
+    """Per language, how a question asks for an amount (LanguageInfo.amount_questions)."""
     return {
-        code: _words_pattern(getattr(info, f"{kind}_questions"), info.spaced)
-        for code, info in LANGUAGES.items()
+        code: _words_pattern(info.amount_questions, info.spaced) for code, info in LANGUAGES.items()
     }
 
 
@@ -425,23 +394,16 @@ def numeral_patterns() -> dict[str, re.Pattern[str]]:
 def _words_pattern(words: tuple[str, ...], spaced: bool) -> re.Pattern[str]:
     """Whole words or phrases in a case-insensitive pattern; in a language written
     without spaces, anywhere. The markers are LanguageInfo.amount_questions'."""
-    anywhere, first = [], []
+    forms = []
     for word in words:
         if word.startswith("re:"):
-            anywhere.append(word.removeprefix("re:"))
+            forms.append(word.removeprefix("re:"))
             continue
-        form = r"\s+".join(map(re.escape, word.strip("^*").split()))
-        form += r"\w*" if word.endswith("*") else ""
-        (first if word.startswith("^") and spaced else anywhere).append(form)
-    parts = []
-    if anywhere:
-        body = "|".join(sorted(anywhere, key=len, reverse=True))
-        # "-" joins words: "what day" is not in "what day-to-day support"
-        parts.append(rf"(?<![\w-])(?:{body})(?![\w-])" if spaced else f"(?:{body})")
-    if first:
-        # the first or second word ("When ...?", "And when ...?")
-        parts.append(rf"^\W*(?:\w+\W+)?(?:{'|'.join(first)})(?![\w-])")
-    return re.compile("|".join(parts) or r"(?!x)x", re.IGNORECASE)
+        form = r"\s+".join(map(re.escape, word.removesuffix("*").split()))
+        forms.append(form + (r"\w*" if word.endswith("*") else ""))
+    body = "|".join(sorted(forms, key=len, reverse=True))
+    # "-" joins words: "how long" is not in "how long-term"
+    return re.compile(rf"(?<![\w-])(?:{body})(?![\w-])" if spaced else f"(?:{body})", re.I)
 
 
 def stemmer_names() -> dict[str, str]:

@@ -198,7 +198,11 @@ class LocalBackend:
         shared = _common_length(pinned, tokens)
         if _common_length(llama._input_ids.tolist(), tokens[:shared]) < shared:
             llama.reset()
+            started = time.perf_counter()
             llama.eval(tokens[:shared])
+            # the longest prompt processing there is: the speed RAG_CONTEXT_TOKENS=auto
+            # sizes the sources by
+            self.prefill.record(shared, time.perf_counter() - started)
         llama.n_tokens = min(llama.n_tokens, shared)
         return len(tokens) - llama.n_tokens
 

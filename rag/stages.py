@@ -35,7 +35,7 @@ from rag.grounding import ground
 from rag.languages import language_name
 from rag.llm import ChatBackend, Message, context_budget
 from rag.records import Answer, Citation, Hit
-from rag.support import asked, states
+from rag.support import asks_amount, states_amount
 
 if TYPE_CHECKING:
     from rag.engine import Engine, Pipeline
@@ -148,10 +148,11 @@ def check(engine: Engine, turn: Turn) -> Answer:
         return _quote_instead(turn)
     if grounded.refused:
         return _answer(turn, refusal_message(language), True, [], grounded.support())
-    kind = asked(standalone, language)
-    if kind is not None and not states(kind, strip_markers(grounded.text), language, question):
-        # asked how many or when, the model wrote around it: the sentences stating an
-        # amount or a date answer better, and if none does, nothing does
+    if asks_amount(standalone, language) and not states_amount(
+        strip_markers(grounded.text), language, question
+    ):
+        # asked how many, the model wrote around it: the sentences stating an amount
+        # answer better, and if none does, nothing does
         return _quote_instead(turn, dropped=grounded.kept + grounded.dropped)
     return _answer(turn, grounded.text, False, grounded.citations, grounded.support())
 

@@ -28,11 +28,11 @@ from functools import cache, lru_cache
 
 from rag.languages import (
     LANGUAGES,
+    amount_question_patterns,
     definite_articles,
     month_spellings,
     not_found_phrases,
     numeral_patterns,
-    question_patterns,
 )
 from rag.names import is_english_word, latin_key, name_skeleton, starts_sentence
 
@@ -339,30 +339,18 @@ def says_not_found(text: str) -> bool:
     return any(phrase in lowered for phrase in not_found_phrases())
 
 
-# The kinds of fact a question may ask for that an answer must then state.
-AMOUNT, DATE = "amount", "date"
+def asks_amount(question: str, language: str) -> bool:
+    """Whether a question asks for an amount: a count, a sum, a share, an age ("how
+    many", "bao nhiêu", "wie viele"), in its language."""
+    pattern = amount_question_patterns().get(language)
+    return pattern is not None and pattern.search(question) is not None
 
 
-def asked(question: str, language: str) -> str | None:
-    """What a question asks for when it asks a figure: an AMOUNT (a count, a sum, a
-    share, an age: "how many", "bao nhiêu") or a DATE ("when", "năm nào"), in its
-    language; None for any other question."""
-    for kind in (AMOUNT, DATE):
-        pattern = question_patterns(kind).get(language)
-        if pattern is not None and pattern.search(question):
-            return kind
-    return None
-
-
-def states(kind: str, text: str, language: str, given: str = "") -> bool:
-    """Whether a text states the kind of fact asked: a figure that `given` (the
-    question) does not already hold, or for an amount a number word of its language
-    ("five", "пяти"), for a date a month's name."""
+def states_amount(text: str, language: str, given: str = "") -> bool:
+    """Whether a text states an amount: a figure that `given` (the question) does not
+    already hold, or a number word of its language ("five", "пяти")."""
     if figures(text) - figures(given):
         return True
-    if kind == DATE:
-        months = month_spellings()
-        return any(word in months for word in re.findall(r"\w+", text.lower()))
     pattern = numeral_patterns().get(language)
     return pattern is not None and pattern.search(text) is not None
 

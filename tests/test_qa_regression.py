@@ -45,11 +45,10 @@ PRODUCT_THRESHOLDS = parse_thresholds(
         "hit@3=0.97",
         "citation_validity=1.0",
         "answerable_refused=1",  # at most one answerable case refused
-        # The similarity gate refuses 4 of the 10 unanswerable cases, and the rule that
-        # a date asked is answered only by a sentence stating one a fifth (de-013); this
-        # floor keeps them from slipping. The target (every one refused without an LLM)
-        # is open: see NEAR_TOPIC below and test_every_unanswerable_refused_without_llm.
-        "refusal_accuracy=0.5",
+        # The similarity gate alone refuses 4 of the 10 unanswerable cases; this floor
+        # keeps it from slipping. The target (every one refused without an LLM) is open:
+        # see NEAR_TOPIC below and test_every_unanswerable_refused_without_llm.
+        "refusal_accuracy=0.4",
     ]
 )
 
