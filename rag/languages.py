@@ -3,7 +3,8 @@
 One row per language, and every step asks here: detection (rag.language: which lingua
 languages are candidates), keyword search (the Snowball stemmer), the prompt (the
 language's English name in "Answer in ..."), the support check (month names in dates,
-phrases with which a reply says the sources lack a fact), follow-up resolution (words
+phrases with which a reply says the sources lack a fact, how a question asks for an
+amount and the number words that state one), follow-up resolution (words
 that open a follow-up or point back to the previous turn) and the UI's choices. The
 refusal and intro messages are prompt files (prompts/refusal.json,
 prompts/extractive_intro.json); tests/test_languages.py checks that they, the detector
