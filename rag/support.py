@@ -73,7 +73,10 @@ def _date_patterns() -> tuple[re.Pattern[str], ...]:
         re.compile(pattern, re.IGNORECASE)
         for pattern in (
             rf"\b{year}-(?P<month>[01]?\d)-{day}\b",  # 2025-06-27
-            rf"\b{day}[./](?P<month>[01]?\d)(?:[./]{year}|[./]\d\d)?\b",  # 27.06.2025, 21/8
+            rf"\b{day}[./](?P<month>[01]?\d)[./](?:{year}|\d\d)\b",  # 27.06.2025, 27/6/25
+            rf"\b{day}/(?P<month>[01]?\d)\b(?!/)",  # 21/8
+            # 27.06.: without a year, dots make a date only so; "1.6 billion" is a figure
+            rf"\b{day}\.(?P<month>[01]\d)\.(?!\d)",
             rf"\b{day}\.?(?:\s+de)?\s+(?P<mname>{month})\b(?:\s+(?:de\s+)?{year})?",
             rf"\b(?P<mname>{month})\.?\s+{day}(?:st|nd|rd|th)?\b(?:,?\s+{year})?",
             rf"\b(?P<mname>{month})\.?\s+(?:de\s+)?{year}",  # June 2025
@@ -257,7 +260,11 @@ def missing(claim: Facts, evidence: str, given: Facts, context: str | None = Non
     stated = facts(evidence)
     sequences = _sequences(context or evidence) if claim.names else set()
     return Facts(
-        claim.numbers - stated.numbers - given.numbers,
+        frozenset(
+            number
+            for number in claim.numbers - stated.numbers - given.numbers
+            if not _day_of_stated_month(number, claim, stated)
+        ),
         frozenset(
             date
             for date in claim.dates - stated.dates - given.dates
@@ -318,6 +325,14 @@ def _day_in_range(date: str, stated: Facts) -> bool:
     ("12 December" from "12. til 14. desember")."""
     day, _, month = date.partition("m")
     return bool(day) and f"m{month}" in stated.dates and day[1:] in stated.numbers
+
+
+def _day_of_stated_month(number: str, claim: Facts, stated: Facts) -> bool:
+    """A claimed number that is the evidence's day of a month the claim states too
+    ("December 12 to 14" from "12. til 14. desember")."""
+    return any(
+        f"d{number}{month}" in stated.dates for month in claim.dates if month.startswith("m")
+    )
 
 
 def name_stated(name: str, text: str) -> bool:

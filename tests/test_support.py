@@ -47,6 +47,19 @@ def test_a_claimed_month_and_year_is_supported_by_a_full_date() -> None:
     assert not covers(facts("adopted on 22 December 2024"), ["vedtatt 27.06.2025"], NO_GIVEN)
 
 
+def test_a_day_range_is_stated_either_way_round() -> None:
+    norwegian = ["TECHFEST 2025 fant sted fra 12. til 14. desember"]
+    assert covers(facts("held from December 12 to 14, 2025"), norwegian, NO_GIVEN)
+    assert covers(facts("held from 12 to 14 December"), ["from December 12 to 14"], NO_GIVEN)
+    assert not covers(facts("held from December 12 to 15"), norwegian, NO_GIVEN)
+
+
+def test_a_decimal_with_a_point_is_a_figure_not_a_date() -> None:
+    assert facts("1.6 billion US dollars") == facts("1,6 Milliarden US-Dollar")
+    assert not facts("1.6 billion").dates
+    assert facts("am 27.06. eröffnet") == facts("opened on 27 June")
+
+
 def test_numbers_match_across_grouping_and_decimal_marks() -> None:
     assert figures("3,4 millioner") == figures("3.4 million")
     assert figures("24 000 km²") == figures("24,000 km²")
