@@ -8,6 +8,7 @@ Both model backends go through llama-index's LLM wrappers.
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -142,6 +143,7 @@ class LocalBackend:
         path = ensure_llm_gguf(settings.cache_dir)
         self._lock = threading.Lock()
         self.prefill = PrefillMeter()
+        self._pinned = 0  # prompt tokens that llama.cpp's cache holds evaluated alone
         self.repack = repacks_weights(settings.llm_repack, cpu_flags())
         try:
             with weight_repacking(self.repack):
@@ -173,7 +175,7 @@ class LocalBackend:
     def stream(self, messages: Sequence[Message]) -> Iterator[str]:
         prompt = chatml(messages)
         with self._lock:
-            new_tokens = self._pin_prefix(prompt, chatml(messages[:-1]).removesuffix(_OPEN_REPLY))
+            new_tokens = self._pin_prefix(prompt, fixed_part(messages))
             started = time.perf_counter()
             timed = False
             for part in self._llm.stream_complete(prompt, formatted=True):
@@ -184,9 +186,9 @@ class LocalBackend:
                     yield part.delta
 
     def _pin_prefix(self, prompt: str, fixed: str) -> int:
-        """Keep in llama.cpp's cache only the messages before the last one (the system
-        prompt and worked examples), evaluated on their own; return the prompt tokens
-        left to process.
+        """Keep in llama.cpp's cache only the prompt's `fixed` start (system prompt,
+        worked examples, the template's head), evaluated on its own; return the prompt
+        tokens left to process.
 
         llama.cpp reuses whatever prefix the previous prompt shares, and logits computed
         from another split point differ in their last bits: the same question then got
@@ -196,7 +198,10 @@ class LocalBackend:
         tokens = llama.tokenize(prompt.encode("utf-8"), add_bos=True, special=True)
         pinned = llama.tokenize(fixed.encode("utf-8"), add_bos=True, special=True)
         shared = _common_length(pinned, tokens)
-        if _common_length(llama._input_ids.tolist(), tokens[:shared]) < shared:
+        cached = _common_length(llama._input_ids.tolist(), tokens[:shared])
+        # a prefix cut elsewhere was evaluated in other batches: its last bits differ
+        if cached < shared or shared != self._pinned:
+            self._pinned = shared
             llama.reset()
             started = time.perf_counter()
             llama.eval(tokens[:shared])
@@ -205,6 +210,19 @@ class LocalBackend:
             self.prefill.record(shared, time.perf_counter() - started)
         llama.n_tokens = min(llama.n_tokens, shared)
         return len(tokens) - llama.n_tokens
+
+
+def fixed_part(messages: Sequence[Message]) -> str:
+    """The prompt's start that is the same for every question: the messages before the
+    last (system prompt, worked examples) and the last one's opening lines where they
+    are those of the user messages before it (the template's head, "Sources:")."""
+    *before, last = messages
+    head = ""
+    asked = [m.content for m in before if m.role == last.role]
+    if asked:
+        shared = os.path.commonprefix([asked[-1], last.content])
+        head = shared[: shared.rfind("\n") + 1]
+    return f"{chatml(before).removesuffix(_OPEN_REPLY)}<|im_start|>{last.role}\n{head}"
 
 
 def _common_length(a: Sequence[int], b: Sequence[int]) -> int:

@@ -23,7 +23,7 @@ from rag.config import ConfigError, Settings
 from rag.cpu import TILED_PROMPT_FLAGS, repacks_weights
 from rag.engine import Delta, Engine, Finished, Retrieved
 from rag.indexer import index_folder
-from rag.llm import Message, PrefillMeter, context_budget
+from rag.llm import Message, PrefillMeter, chatml, context_budget, fixed_part
 
 from .conftest import ROOT, SEEDS
 
@@ -249,6 +249,20 @@ def test_local_model_measures_its_prompt_speed_while_warming_up(
     assert loaded == backend.repack  # type: ignore[union-attr]
     answer = engine.ask("How many innovative startups does Dong Nai have?", llm="local")
     assert 200 <= answer.timings["context_tokens"] <= 1500
+
+
+def test_the_fixed_part_is_the_examples_and_the_templates_head_not_the_sources() -> None:
+    from rag.answer import build_messages
+
+    first = build_messages("Who chairs it?", [], "en")
+    other = build_messages("Wer leitet den Verband?", [], "de")
+    fixed = fixed_part(first)
+    assert fixed == fixed_part(other)
+    assert chatml(first).startswith(fixed) and chatml(other).startswith(fixed)
+    assert fixed.endswith("<|im_start|>user\nSources:\n")
+    # without worked examples nothing of the question's message is fixed
+    alone = [Message("system", "Be brief."), Message("user", "Sources:\n[1] x")]
+    assert fixed_part(alone) == "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\n"
 
 
 @pytest.mark.llm
