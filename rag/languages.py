@@ -4,8 +4,9 @@ One row per language, and every step asks here: detection (rag.language: which l
 languages are candidates), keyword search (the Snowball stemmer), the prompt (the
 language's English name in "Answer in ..."), the support check (month names in dates,
 phrases with which a reply says the sources lack a fact, how a question asks for an
-amount and the number words that state one), follow-up resolution (words
-that open a follow-up or point back to the previous turn) and the UI's choices. The
+amount, the number words that state one and the words that scale a figure), follow-up
+resolution (words that open a follow-up or point back to the previous turn) and the
+UI's choices. The
 refusal and intro messages are prompt files (prompts/refusal.json,
 prompts/extractive_intro.json); tests/test_languages.py checks that they, the detector
 and this table agree.
@@ -48,6 +49,9 @@ class LanguageInfo:
     amount_questions: tuple[str, ...] = ()
     numerals: tuple[str, ...] = ()
     spaced: bool = True  # words are separated by spaces (not in Japanese and Chinese)
+    # The words that scale a figure ("1,6 Milliarden", "233 tỷ", "16亿") and their powers
+    # of ten, as the numerals' entries; an abbreviation may take a point ("Mrd.").
+    scales: tuple[tuple[str, int], ...] = ()
 
 
 def _months(spellings: str) -> tuple[tuple[str, ...], ...]:
@@ -89,6 +93,10 @@ LANGUAGES: dict[str, LanguageInfo] = {
                 "seventy", "eighty", "ninety", "zero", "hundred*",
                 "thousand*", "million*", "billion*", "dozen*", "half", "third", "quarter",
             ),
+            scales=(
+                ("thousand*", 3), ("million*", 6), ("mln", 6), ("billion*", 9), ("bn", 9),
+                ("trillion*", 12),
+            ),
         ),
         LanguageInfo(
             "vi", "Vietnamese", "Tiếng Việt", ("VIETNAMESE",), None, True,
@@ -103,6 +111,10 @@ LANGUAGES: dict[str, LanguageInfo] = {
             numerals=(
                 "một", "hai", "ba", "bốn", "năm", "sáu", "bảy", "tám", "chín", "mười",
                 "mươi", "trăm", "nghìn", "ngàn", "triệu", "tỷ", "tỉ", "nửa",
+            ),
+            scales=(
+                ("nghìn tỷ", 12), ("ngàn tỷ", 12), ("nghìn", 3), ("ngàn", 3), ("triệu", 6),
+                ("tỷ", 9), ("tỉ", 9),
             ),
         ),
         LanguageInfo(
@@ -130,6 +142,10 @@ LANGUAGES: dict[str, LanguageInfo] = {
                 "тридцат*", "сорок*", "девяност*", "сто", "сотни", "сотен", "двест*",
                 "тысяч*", "миллион*", "миллиард*", "половин*", "треть*",
             ),
+            scales=(
+                ("тыс", 3), ("тысяч*", 3), ("млн", 6), ("миллион*", 6), ("млрд", 9),
+                ("миллиард*", 9), ("трлн", 12), ("триллион*", 12),
+            ),
         ),
         LanguageInfo(
             "de", "German", "Deutsch", ("GERMAN",), "german", True,
@@ -155,6 +171,10 @@ LANGUAGES: dict[str, LanguageInfo] = {
                 "fünfzig", "hundert*", "tausend*",
                 "million*", "milliard*", "halb*", "hälfte", "drittel", "viertel", "dutzend*",
             ),
+            scales=(
+                ("tausend", 3), ("tsd", 3), ("million*", 6), ("mio", 6), ("milliarde*", 9),
+                ("mrd", 9), ("billion*", 12),
+            ),
         ),
         LanguageInfo(
             "no", "Norwegian (Bokmål)", "Norsk", ("BOKMAL", "NYNORSK"), "norwegian", True,
@@ -176,6 +196,10 @@ LANGUAGES: dict[str, LanguageInfo] = {
                 "én", "to", "tre", "fire", "fem", "seks", "sju", "syv", "åtte", "ni",
                 "ti", "elleve", "tolv", "tjue", "hundre*", "tusen*", "million*", "milliard*",
                 "halv*", "tredjedel*", "dusin*",
+            ),
+            scales=(
+                ("tusen", 3), ("million*", 6), ("mill", 6), ("milliard*", 9), ("mrd", 9),
+                ("billion*", 12),
             ),
         ),
         LanguageInfo(
@@ -199,6 +223,10 @@ LANGUAGES: dict[str, LanguageInfo] = {
                 "elleve", "tolv", "tyve", "hundrede*", "tusind*", "million*", "milliard*",
                 "halv*", "tredjedel*", "dusin*",
             ),
+            scales=(
+                ("tusind*", 3), ("million*", 6), ("mio", 6), ("milliard*", 9), ("mia", 9),
+                ("billion*", 12),
+            ),
         ),
         LanguageInfo(
             "sv", "Swedish", "Svenska", ("SWEDISH",), "swedish", True,
@@ -220,6 +248,10 @@ LANGUAGES: dict[str, LanguageInfo] = {
                 "två", "tre", "fyra", "fem", "sex", "sju", "åtta", "nio", "tio",
                 "elva", "tolv", "tjugo", "hundra*", "tusen*", "miljon*", "miljard*", "halv*",
                 "tredjedel*", "dussin*",
+            ),
+            scales=(
+                ("tusen", 3), ("miljon*", 6), ("mn", 6), ("miljard*", 9), ("mdr", 9),
+                ("biljon*", 12),
             ),
         ),
         LanguageInfo(
@@ -243,6 +275,10 @@ LANGUAGES: dict[str, LanguageInfo] = {
                 "onze", "douze", "vingt*", "trente", "quarante", "cinquante", "cent*",
                 "mille", "million*", "milliard*", "moitié", "tiers", "quart", "douzaine*",
             ),
+            scales=(
+                ("mille", 3), ("million*", 6), ("milliard*", 9), ("md", 9), ("mds", 9),
+                ("billion*", 12),
+            ),
         ),
         LanguageInfo(
             "es", "Spanish", "Español", ("SPANISH",), "spanish", True,
@@ -265,6 +301,10 @@ LANGUAGES: dict[str, LanguageInfo] = {
                 "once", "doce", "veint*", "treinta", "cuarenta", "cincuenta", "cien*", "mil",
                 "millón", "millones", "mitad", "tercio", "docena*",
             ),
+            scales=(
+                ("mil millones", 9), ("mil", 3), ("millón", 6), ("millones", 6), ("billón", 12),
+                ("billones", 12),
+            ),
         ),
         LanguageInfo(
             "uk", "Ukrainian", "Українська", ("UKRAINIAN",), None, True,
@@ -286,6 +326,10 @@ LANGUAGES: dict[str, LanguageInfo] = {
                 "один*", "одн*", "два", "дві", "двох*", "три", "трьох*", "чотир*", "п'ят*",
                 "п’ят*", "шіст*", "сім", "сем*", "вісім*", "восьм*", "дев'ят*", "дев’ят*",
                 "десят*", "сто", "сот*", "тисяч*", "мільйон*", "мільярд*", "половин*",
+            ),
+            scales=(
+                ("тис", 3), ("тисяч*", 3), ("млн", 6), ("мільйон*", 6), ("млрд", 9),
+                ("мільярд*", 9), ("трлн", 12), ("трильйон*", 12),
             ),
         ),
         LanguageInfo(
@@ -310,6 +354,10 @@ LANGUAGES: dict[str, LanguageInfo] = {
                 "dziewięć*", "dziewięci*", "dziesięć*", "dziesięci*", "sto", "tysi*",
                 "milion*", "miliard*", "połow*",
             ),
+            scales=(
+                ("tys", 3), ("tysiąc*", 3), ("tysięc*", 3), ("mln", 6), ("milion*", 6),
+                ("mld", 9), ("miliard*", 9), ("bilion*", 12),
+            ),
         ),
         LanguageInfo(
             "ja", "Japanese", "日本語", ("JAPANESE",), None, False,
@@ -326,6 +374,9 @@ LANGUAGES: dict[str, LanguageInfo] = {
             numerals=("一", "二", "三", "四", "五", "六", "七", "八", "九", "十", "百",
                       "千", "万", "億", "半"),
             spaced=False,
+            scales=(
+                ("千", 3), ("万", 4), ("億", 8), ("兆", 12),
+            ),
         ),
         LanguageInfo(
             "zh", "Chinese", "中文", ("CHINESE",), None, False,
@@ -342,6 +393,9 @@ LANGUAGES: dict[str, LanguageInfo] = {
             numerals=("一", "二", "两", "三", "四", "五", "六", "七", "八", "九", "十",
                       "百", "千", "万", "亿", "半"),
             spaced=False,
+            scales=(
+                ("千", 3), ("万", 4), ("亿", 8), ("万亿", 12),
+            ),
         ),
     )
 }  # fmt: skip
@@ -390,6 +444,19 @@ def amount_question_patterns() -> dict[str, re.Pattern[str]]:
 def numeral_patterns() -> dict[str, re.Pattern[str]]:
     """Per language, its number words (LanguageInfo.numerals)."""
     return {code: _words_pattern(info.numerals, info.spaced) for code, info in LANGUAGES.items()}
+
+
+@cache
+def scale_patterns() -> tuple[tuple[tuple[re.Pattern[str], int], ...], ...]:
+    """Per language, its scale words (LanguageInfo.scales) as patterns that match right
+    after a figure, longest first ("nghìn tỷ" before "nghìn"), with their powers of ten."""
+    return tuple(
+        tuple(
+            (re.compile(r"\s*" + _words_pattern((word,), info.spaced).pattern, re.I), power)
+            for word, power in sorted(info.scales, key=lambda scale: -len(scale[0]))
+        )
+        for info in LANGUAGES.values()
+    )
 
 
 def _words_pattern(words: tuple[str, ...], spaced: bool) -> re.Pattern[str]:

@@ -33,6 +33,7 @@ from rag.languages import (
     month_spellings,
     not_found_phrases,
     numeral_patterns,
+    scale_patterns,
 )
 from rag.names import is_english_word, latin_key, name_skeleton, starts_sentence
 
@@ -55,6 +56,9 @@ class Facts:
     numbers: frozenset[str]
     dates: frozenset[str]  # "m6", "d27m6": a month, a day of a month
     names: frozenset[str]  # latin keys
+    # the numbers written with a scale word ("1,6 Milliarden"), and the values they may
+    # mean (where the decimal mark is unclear, or the word means two scales)
+    scaled: frozenset[tuple[str, frozenset[float]]] = frozenset()
 
     def __bool__(self) -> bool:
         return bool(self.numbers or self.dates or self.names)
@@ -120,6 +124,49 @@ def figures(text: str) -> set[str]:
     "1,6 milliarder" = "1.6 billion" = "1,600 million", "80 %" = "80%"."""
     text = _SPACE_GROUP.sub("", text)
     return {_digits(m.group()) for m in _FIGURE.finditer(text)}
+
+
+def scaled_figures(text: str) -> frozenset[tuple[str, frozenset[float]]]:
+    """The figures followed by a scale word, as (digits, the values they may mean):
+    "1,6 Milliarden" -> ("16", {1.6e9}); "1,600 million" -> ("16", {1.6e6, 1.6e9})."""
+    text = _SPACE_GROUP.sub("", text)
+    found = set()
+    for match in _FIGURE.finditer(text):
+        powers = _longest_scales(text, match.end())
+        if powers:
+            values = frozenset(r * 10**p for r in _readings(match.group()) for p in powers)
+            found.add((_digits(match.group()), values))
+    return frozenset(found)
+
+
+def _longest_scales(text: str, at: int) -> set[int]:
+    """The powers of ten of the scale word at `at`, by each language's longest match."""
+    powers = set()
+    for language in scale_patterns():
+        for pattern, power in language:
+            if pattern.match(text, at):
+                powers.add(power)
+                break
+    return powers
+
+
+def _readings(figure: str) -> set[float]:
+    """The values a written figure may have: "1.600" and "1,600" are 1.6 or 1600."""
+    marks = [c for c in figure if c in ".,"]
+    if not marks:
+        return {float(figure)}
+    if len(set(marks)) == 2:  # "1,234.5": the last mark is the decimal one
+        decimal = marks[-1]
+        return {float(figure.replace("," if decimal == "." else ".", "").replace(",", "."))}
+    if len(marks) > 1:  # "1.234.567": grouping
+        return {float(re.sub(r"[.,]", "", figure))}
+    whole, _, tail = figure.replace(",", ".").partition(".")
+    decimal = float(f"{whole}.{tail}")
+    return {decimal, float(whole + tail)} if len(tail) == 3 else {decimal}
+
+
+def _same_value(claimed: frozenset[float], stated: frozenset[float]) -> bool:
+    return any(abs(a - b) <= 1e-9 * max(a, b) for a in claimed for b in stated)
 
 
 def _digits(figure: str) -> str:
@@ -250,7 +297,7 @@ def facts(text: str, known_names: Iterable[str] = ()) -> Facts:
     names = {key for key in _keys(_capitalized_runs(text, openers=True)) if key in known}
     # a run's words are implied by the run ("dongnai" covers "dong", "nai")
     names = {key for key in names if not any(key != other and key in other for other in names)}
-    return Facts(frozenset(numbers), frozenset(dates), frozenset(names))
+    return Facts(frozenset(numbers), frozenset(dates), frozenset(names), scaled_figures(rest))
 
 
 def missing(claim: Facts, evidence: str, given: Facts, context: str | None = None) -> Facts:
@@ -262,8 +309,9 @@ def missing(claim: Facts, evidence: str, given: Facts, context: str | None = Non
     return Facts(
         frozenset(
             number
-            for number in claim.numbers - stated.numbers - given.numbers
-            if not _day_of_stated_month(number, claim, stated)
+            for number in claim.numbers - given.numbers
+            if (number not in stated.numbers and not _day_of_stated_month(number, claim, stated))
+            or _scaled_otherwise(number, claim, stated)
         ),
         frozenset(
             date
@@ -325,6 +373,16 @@ def _day_in_range(date: str, stated: Facts) -> bool:
     ("12 December" from "12. til 14. desember")."""
     day, _, month = date.partition("m")
     return bool(day) and f"m{month}" in stated.dates and day[1:] in stated.numbers
+
+
+def _scaled_otherwise(number: str, claim: Facts, stated: Facts) -> bool:
+    """The evidence scales the claim's figure differently: "233 million" or "23.3
+    billion" where it says "233 Milliarden". The same digits are not the same amount."""
+    claimed = [values for digits, values in claim.scaled if digits == number]
+    evidence = [values for digits, values in stated.scaled if digits == number]
+    return bool(claimed and evidence) and not any(
+        _same_value(c, e) for c in claimed for e in evidence
+    )
 
 
 def _day_of_stated_month(number: str, claim: Facts, stated: Facts) -> bool:

@@ -55,9 +55,24 @@ def test_a_day_range_is_stated_either_way_round() -> None:
 
 
 def test_a_decimal_with_a_point_is_a_figure_not_a_date() -> None:
-    assert facts("1.6 billion US dollars") == facts("1,6 Milliarden US-Dollar")
+    assert facts("1.6 billion US dollars").numbers == facts("1,6 Milliarden US-Dollar").numbers
     assert not facts("1.6 billion").dates
     assert facts("am 27.06. eröffnet") == facts("opened on 27 June")
+
+
+def test_the_same_digits_at_another_scale_are_not_the_same_amount() -> None:
+    german = ["Thai Nguyen stellte über 233 Milliarden VND bereit."]
+    assert covers(facts("233 tỷ đồng"), german, NO_GIVEN)
+    assert covers(facts("233 billion VND"), german, NO_GIVEN)
+    assert not covers(facts("233 triệu đồng"), german, NO_GIVEN)
+    assert not covers(facts("nearly 23.3 billion USD"), german, NO_GIVEN)
+
+
+def test_a_scaled_amount_matches_however_it_is_grouped_or_scaled() -> None:
+    german = ["Direktinvestitionen in Höhe von 1,6 Milliarden US-Dollar"]
+    for written in ("1.6 billion US dollars", "1,600 million USD", "16亿美元", "1,6 млрд"):
+        assert covers(facts(written), german, NO_GIVEN), written
+    assert not covers(facts("1.6 million dollars"), german, NO_GIVEN)
 
 
 def test_numbers_match_across_grouping_and_decimal_marks() -> None:
