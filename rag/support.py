@@ -306,19 +306,22 @@ def missing(claim: Facts, evidence: str, given: Facts, context: str | None = Non
     is found as the start of a word sequence ("Quang Ninh" in "Quang Ninhs")."""
     stated = facts(evidence)
     sequences = _sequences(context or evidence) if claim.names else set()
+    numbers = frozenset(
+        number
+        for number in claim.numbers - given.numbers
+        if (number not in stated.numbers and not _day_of_stated_month(number, claim, stated))
+        or _scaled_otherwise(number, claim, stated)
+    )
     return Facts(
-        frozenset(
-            number
-            for number in claim.numbers - given.numbers
-            if (number not in stated.numbers and not _day_of_stated_month(number, claim, stated))
-            or _scaled_otherwise(number, claim, stated)
-        ),
+        numbers,
         frozenset(
             date
             for date in claim.dates - stated.dates - given.dates
             if not _day_in_range(date, stated)
         ),
         frozenset(name for name in claim.names if not _found(name, sequences)),
+        # what is left keeps its scale: another sentence must state the same amount
+        frozenset(scaled for scaled in claim.scaled if scaled[0] in numbers),
     )
 
 

@@ -66,6 +66,8 @@ def test_the_same_digits_at_another_scale_are_not_the_same_amount() -> None:
     assert covers(facts("233 billion VND"), german, NO_GIVEN)
     assert not covers(facts("233 triệu đồng"), german, NO_GIVEN)
     assert not covers(facts("nearly 23.3 billion USD"), german, NO_GIVEN)
+    # nor when another sentence is checked first
+    assert not covers(facts("Thai Nguyen: 233 triệu đồng"), ["Thai Nguyen", *german], NO_GIVEN)
 
 
 def test_a_scaled_amount_matches_however_it_is_grouped_or_scaled() -> None:
