@@ -97,7 +97,7 @@ def depends_on_previous(question: str, language: str) -> bool:
     info = LANGUAGES.get(language)
     if info is None:
         return False
-    if any(text.startswith(opener) for opener in info.openers):
+    if any(_opens_with(text, opener, info.spaced) for opener in info.openers):
         return True
     if any(text.rstrip(" ?？!.").endswith(closer.rstrip(" ?？")) for closer in info.closers):
         return True
@@ -130,9 +130,18 @@ def _without_opener(question: str, language: str) -> str:
     info = LANGUAGES[language]
     lowered = question.lower()
     for opener in sorted(info.openers, key=len, reverse=True):
-        if lowered.startswith(opener):
+        if _opens_with(lowered, opener, info.spaced):
             return question[len(opener) :].strip(" ,") or question
     return question
+
+
+def _opens_with(text: str, opener: str, spaced: bool) -> bool:
+    """Whether the lower-case text opens with the opener as whole words: "а как" opens
+    "а как же?", not "а какой объём" (there "а " does)."""
+    if not text.startswith(opener):
+        return False
+    rest = text[len(opener) :]
+    return not spaced or opener.endswith(" ") or not rest or not rest[0].isalnum()
 
 
 def _names(text: str, language: str | None = None) -> list[str]:

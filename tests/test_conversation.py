@@ -55,6 +55,15 @@ def test_a_follow_up_naming_a_new_thing_takes_the_previous_predicate() -> None:
     assert "Dong Nai" not in standalone
 
 
+def test_an_opener_is_cut_as_whole_words() -> None:
+    standalone = standalone_by_rules(
+        "А какой объём инвестиций привлекла провинция Тхайнгуен?",
+        "Сколько инвестиций привлёк Хошимин?",
+        "ru",
+    )
+    assert standalone.startswith("какой объём инвестиций")
+
+
 def test_a_follow_up_naming_nothing_takes_the_previous_names() -> None:
     standalone = standalone_by_rules(
         "Und wie viele Technologieunternehmen?",
