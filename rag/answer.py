@@ -239,6 +239,14 @@ def fixed_messages() -> tuple[Message, ...]:
     return tuple(messages)
 
 
+def warm_up_messages() -> list[Message]:
+    """A prompt shaped like every question's (fixed messages, then a message from the
+    user template with a numbered source), so that a warm-up leaves llama.cpp holding
+    exactly the prefix the questions pin (rag.llm.fixed_part)."""
+    user = prompt_file("user.txt").format(sources="[1] OK", question="OK", language="English")
+    return [*fixed_messages(), Message("user", user.strip())]
+
+
 def answering(sources: list[Source], question: str, language: str, given: str) -> list[Source]:
     """The sentences that can answer the question, renumbered: for one asking an amount
     ("how many", "bao nhiêu"), those stating one that `given` (the question and the one

@@ -10,9 +10,15 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
-from rag.answer import EXTRACTIVE_MARGIN, EXTRACTIVE_SENTENCES, Evidence, Source, fixed_messages
+from rag.answer import (
+    EXTRACTIVE_MARGIN,
+    EXTRACTIVE_SENTENCES,
+    Evidence,
+    Source,
+    warm_up_messages,
+)
 from rag.config import Settings
-from rag.llm import BACKENDS, ChatBackend, LLMError, Message, make_backend
+from rag.llm import BACKENDS, ChatBackend, LLMError, make_backend
 from rag.models import Embedder, embedder_identity, load_embedder, model_status
 from rag.records import Answer, Delta, Event, Finished, Hit, Retrieved, UserError
 from rag.retrieve import HybridRetriever, keyword_index_for
@@ -143,7 +149,7 @@ class Engine:
         backend = self.backend(name)
         if backend is None or backend.name != "local":
             return  # nothing to cache: no model, or a server that keeps its own
-        for _ in backend.stream([*fixed_messages(), Message("user", "OK")]):
+        for _ in backend.stream(warm_up_messages()):
             break  # the prompt is processed before the first token: enough
 
     def search(

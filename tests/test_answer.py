@@ -264,6 +264,19 @@ def test_stream_hold_never_shows_a_refusal_marker() -> None:
     assert "".join(stream_hold(iter(["N", "o, it has 90 [1]."]))) == "No, it has 90 [1]."
 
 
+def test_the_warm_up_prompt_pins_what_every_question_pins() -> None:
+    from rag.answer import warm_up_messages
+    from rag.llm import chatml, fixed_part
+
+    sources = evidence("Dong Nai startups").select(200)
+    question = build_messages("Wie viele Startups hat Dong Nai?", sources, "de")
+    warm_up = warm_up_messages()
+    assert fixed_part(warm_up) == fixed_part(question)
+    # and the same text follows, so llama.cpp splits both into the same tokens there
+    fixed = fixed_part(question)
+    assert chatml(warm_up)[len(fixed) :][:4] == chatml(question)[len(fixed) :][:4] == "[1] "
+
+
 def test_prompt_keeps_the_fixed_part_first_and_names_the_language() -> None:
     sources = evidence("Dong Nai startups").select(200)
     messages = build_messages("Wie viele Startups hat Dong Nai?", sources, "de")
