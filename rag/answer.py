@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import threading
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, replace
 from functools import cache
 from pathlib import Path
@@ -218,11 +218,8 @@ def is_refusal(text: str) -> bool:
 def build_messages(question: str, sources: list[Source], language: str) -> list[Message]:
     # No file names: they cost ~12 prompt tokens a source (0.1 s each on this CPU) and
     # tell the model nothing the numbers do not.
-    listing = "\n".join(f"[{s.n}] {s.prompt_text()}" for s in sources)
-    user = prompt_file("user.txt").format(
-        sources=listing, question=question, language=language_name(language)
-    )
-    return [*fixed_messages(), Message("user", user.strip())]
+    numbered = ((s.n, s.prompt_text()) for s in sources)
+    return [*fixed_messages(), _user_message(numbered, question, language_name(language))]
 
 
 @cache
@@ -231,11 +228,11 @@ def fixed_messages() -> tuple[Message, ...]:
     llama.cpp keeps them as its cached prefix and only the first question pays."""
     messages = [Message("system", prompt_file("system.txt").strip())]
     for example in json.loads(prompt_file("examples.json")):
-        listing = "\n".join(f"[{n}] {text}" for n, text in enumerate(example["sources"], 1))
-        user = prompt_file("user.txt").format(
-            sources=listing, history="", question=example["question"], language=example["language"]
-        )
-        messages += [Message("user", user.strip()), Message("assistant", example["answer"])]
+        numbered = enumerate(example["sources"], 1)
+        messages += [
+            _user_message(numbered, example["question"], example["language"]),
+            Message("assistant", example["answer"]),
+        ]
     return tuple(messages)
 
 
@@ -243,8 +240,15 @@ def warm_up_messages() -> list[Message]:
     """A prompt shaped like every question's (fixed messages, then a message from the
     user template with a numbered source), so that a warm-up leaves llama.cpp holding
     exactly the prefix the questions pin (rag.llm.fixed_part)."""
-    user = prompt_file("user.txt").format(sources="[1] OK", question="OK", language="English")
-    return [*fixed_messages(), Message("user", user.strip())]
+    return [*fixed_messages(), _user_message([(1, "OK")], "OK", "English")]
+
+
+def _user_message(numbered: Iterable[tuple[int, str]], question: str, language: str) -> Message:
+    """prompts/user.txt filled in: the numbered sources, the question and the answer
+    language's English name; one template for the questions and the worked examples."""
+    listing = "\n".join(f"[{n}] {text}" for n, text in numbered)
+    user = prompt_file("user.txt").format(sources=listing, question=question, language=language)
+    return Message("user", user.strip())
 
 
 def answering(sources: list[Source], question: str, language: str, given: str) -> list[Source]:
