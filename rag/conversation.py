@@ -12,9 +12,12 @@ that names what it asks about and asks it in full is never a follow-up.
 A dependent question becomes a standalone one:
 - with an LLM, the model rewrites it (prompts/rewrite.txt), a few dozen tokens;
 - without one, or when the rewrite fails, by rule: a follow-up naming a new thing
-  ("And the Politburo resolution?") takes the previous question's predicate, the
-  previous question without its names; one naming nothing ("Und wie viele
-  Technologieunternehmen?") takes the previous question's names.
+  and asking in full ("And who spoke for Lam Dong?") is searched as asked, without its
+  opener; one naming a new thing only ("And the Politburo resolution?") takes the
+  previous question's predicate, the previous question without its names; one
+  naming nothing, or pointing back ("Und wie viele Technologieunternehmen?", "how
+  many does it employ in Oslo?"), takes the previous question's names. In German a
+  lone capitalized word is no name here: it may be any noun ("in der Provinz").
 Search, the refusal gate and the prompt all use the standalone question.
 """
 
@@ -102,9 +105,7 @@ def depends_on_previous(question: str, language: str) -> bool:
     if any(text.rstrip(" ?？!.").endswith(closer.rstrip(" ?？")) for closer in info.closers):
         return True
     words = _WORD.findall(text)
-    padded = f" {' '.join(words)} "
-    # whole words (or phrases) in a cased script; anywhere in Chinese and Japanese
-    if any((f" {p} " if info.cased else p) in padded for p in info.pointers):
+    if _points_back(words, language):
         return True
     if _names(question, language) or any(ch.isdigit() for ch in text):
         return False
@@ -117,13 +118,40 @@ def standalone_by_rules(
     question: str, previous: str, language: str, previous_answer: str | None = None
 ) -> str:
     """The follow-up made standalone without a model (see the module). One naming
-    nothing takes the names of the previous question, then of its answer ("According
-    to him, ..." speaks of the person the answer named)."""
+    nothing, or pointing back, takes the names of the previous question, then of its
+    answer ("According to him, ..." speaks of the person the answer named)."""
     own = _without_opener(question, language)
-    if _names(own, language):
+    if _subjects(own, language) and not _points_back(_WORD.findall(own.lower()), language):
+        if _asks_in_full(own, language):
+            return own  # "And who spoke for Lam Dong?": a new subject, asked in full
         return f"{own} ({_without_names(previous)})"
     names = list(dict.fromkeys(_names(previous) + _names(strip_markers(previous_answer or ""))))
     return f"{own} ({', '.join(names)})" if names else f"{previous} {own}"
+
+
+def _points_back(words: Sequence[str], language: str) -> bool:
+    """Whether the lower-case words hold a word pointing back ("its", "there", "его"):
+    whole words (or phrases) in a cased script, anywhere in Chinese and Japanese."""
+    padded = f" {' '.join(words)} "
+    info = LANGUAGES[language]
+    return any((f" {p} " if info.cased else p) in padded for p in info.pointers)
+
+
+def _asks_in_full(own: str, language: str) -> bool:
+    """Whether a follow-up, opener cut, asks its own question: enough words besides
+    the names it asks about ("who spoke for Lam Dong", not "the Politburo resolution")."""
+    rest = _WORD.findall(_without_names(own, _subjects(own, language)))
+    return len(rest) >= MIN_STANDALONE_WORDS
+
+
+def _subjects(text: str, language: str) -> list[str]:
+    """The names that say what a follow-up asks about. In a language that capitalizes
+    its nouns only a name of several words or an acronym ("Lam Dong", "MOST"): one
+    capitalized word may be any noun ("Startups in der Provinz")."""
+    names = _names(text, language)
+    if language not in NOUN_CAPITALIZING:
+        return names
+    return [name for name in names if " " in name or name.isupper()]
 
 
 def _without_opener(question: str, language: str) -> str:
@@ -156,8 +184,8 @@ def _names(text: str, language: str | None = None) -> list[str]:
     ]
 
 
-def _without_names(text: str) -> str:
-    for name in _names(text):
+def _without_names(text: str, names: Sequence[str] | None = None) -> str:
+    for name in _names(text) if names is None else names:
         text = text.replace(name, " ")
     return " ".join(text.split())
 

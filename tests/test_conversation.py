@@ -55,6 +55,39 @@ def test_a_follow_up_naming_a_new_thing_takes_the_previous_predicate() -> None:
     assert "Dong Nai" not in standalone
 
 
+@pytest.mark.parametrize(
+    ("question", "previous", "language"),
+    [
+        ("And who chairs the Oslo committee?", "Who chairs the Bergen committee?", "en"),
+        ("А кто руководит филиалом в Казани?", "Кто руководит филиалом в Самаре?", "ru"),
+        ("Und welche Ziele verfolgt Nord Stream?", "Welche Ziele verfolgt die EU?", "de"),
+    ],
+)
+def test_a_follow_up_asking_in_full_about_a_new_name_is_searched_as_asked(
+    question: str, previous: str, language: str
+) -> None:
+    # the previous predicate would only pull search back to the previous subject
+    standalone = standalone_by_rules(question, previous, language)
+    assert standalone == question.split(" ", 1)[1]
+
+
+def test_a_follow_up_asking_in_full_but_pointing_back_keeps_the_previous_context() -> None:
+    standalone = standalone_by_rules(
+        "And how many engineers does it employ in Oslo?", "Where is Acme Robotics based?", "en"
+    )
+    assert "Acme Robotics" in standalone
+
+
+def test_a_lone_capitalized_noun_in_german_is_no_new_subject() -> None:
+    # "Provinz" and "Startups" are nouns, not names: the province is the previous one
+    standalone = standalone_by_rules(
+        "Und wie viele Startups gibt es in der Provinz?",
+        "Wie viele Mitglieder haben die Clubs in Quang Ninh?",
+        "de",
+    )
+    assert "Quang Ninh" in standalone
+
+
 def test_an_opener_is_cut_as_whole_words() -> None:
     standalone = standalone_by_rules(
         "А какой объём инвестиций привлекла провинция Тхайнгуен?",
