@@ -65,8 +65,9 @@ def ground(
     entity, and a citation would make them look grounded. Sentences saying the sources
     lack the fact are no claims; a reply of only those, or with every claim dropped, is
     a refusal. Uncited claims without facts are attached to the closest source
-    sentence when similar enough. None when nothing in the reply can be tied to a
-    source (the caller quotes the sources instead).
+    sentence when similar enough, and show its marker; those close to none are left
+    out (counted as dropped). None when nothing in the reply can be tied to a source
+    (the caller quotes the sources instead).
     """
     by_number = {s.n: s for s in sources}
     cleaned = clean_markers(reply, set(by_number))
@@ -80,22 +81,23 @@ def ground(
     vectors = np.stack([embedder.embed_query(c.text) for c in answering])
     shown: list[Claim] = []
     best: dict[tuple[int, str], Citation] = {}
-    recited = 0
+    recited = loose = 0
     for claim, vector in zip(answering, vectors, strict=True):
         support = checker.support(claim, vector)
         if support is None:
             continue
         chosen, moved = support
+        if not chosen:  # no facts, cited nowhere, close to no source sentence
+            loose += 1
+            continue
         recited += moved
         shown.append(Claim(claim.text, _supporting_numbers(claim, chosen, moved)))
         for n, sentence in chosen:
             citation = by_number[n].citation(sentence)
             best.setdefault((n, citation.quote), citation)
     dropped = len(answering) - len(shown)
-    if not shown:
-        return Grounded("", [], refused=True, dropped=dropped)
-    if not best:
-        return None
+    if not shown:  # nothing tied to a source: quote instead; all dropped: refuse
+        return None if loose else Grounded("", [], refused=True, dropped=dropped)
     unchanged = (
         len(shown) == len(parts)
         and not recited
@@ -103,9 +105,6 @@ def ground(
     )
     text = cleaned if unchanged else " ".join(_with_markers(c) for c in shown)
     cited = sorted(best.values(), key=lambda c: (c.n, c.lines))
-    if not any(c.numbers for c in shown):
-        # the reply cited nothing itself: show where its content comes from
-        text = text + " " + "".join(f"[{n}]" for n in sorted({c.n for c in cited}))
     return Grounded(text, cited, kept=len(shown), recited=recited, dropped=dropped)
 
 
@@ -220,9 +219,12 @@ def _supporting_numbers(
 ) -> tuple[int, ...]:
     """The claim's markers: the sources whose sentences support it. Of the sources it
     cited, only those (one sentence may state it all, and the other cited source
-    nothing of it); cited elsewhere (`moved`), those sources."""
+    nothing of it); cited elsewhere (`moved`), or cited nowhere and attached to the
+    closest sentence, those sources: every claim shown carries its marker."""
     supporting = tuple(dict.fromkeys(n for n, _ in chosen))
-    return supporting if moved else tuple(n for n in claim.numbers if n in supporting)
+    if moved or not claim.numbers:  # re-cited, or attached: it shows where it comes from
+        return supporting
+    return tuple(n for n in claim.numbers if n in supporting)
 
 
 def _with_markers(claim: Claim) -> str:

@@ -204,6 +204,24 @@ def test_ground_drops_a_neighbours_figure_attributed_to_the_asked_entity() -> No
     assert grounded.support() == {"supported": 0, "recited": 0, "dropped": 1}
 
 
+def test_every_claim_shown_carries_the_marker_of_the_sentence_it_rests_on() -> None:
+    # found with the local model: a fact-less second sentence, uncited, was attached to
+    # a source sentence and listed among the citations, but shown without a marker
+    sources = evidence("startups Dong Nai weather").select(200)
+    n_a = next(s.n for s in sources if s.hit.chunk.path == "a.txt")
+    reply = f"Dong Nai has about 90 innovative startups [{n_a}]. The weather was fine."
+    grounded = ground(reply, sources, EMBEDDER)
+    assert grounded is not None and not grounded.refused
+    assert (
+        grounded.text
+        == f"Dong Nai has about 90 innovative startups [{n_a}]. The weather was fine [{n_a}]."
+    )
+    # one close to no source sentence is left out, not shown uncited
+    loose = ground(f"{reply} Paris is lovely in spring.", sources, EMBEDDER)
+    assert loose is not None and "Paris" not in loose.text
+    assert loose.support() == {"supported": 2, "recited": 0, "dropped": 1}
+
+
 def test_ground_recites_a_claim_to_the_sentence_that_states_it() -> None:
     sources = evidence("startups Dong Nai Quang Ninh").select(200)
     n_a = next(s.n for s in sources if s.hit.chunk.path == "a.txt")
