@@ -133,7 +133,7 @@ class ClaimChecker:
         self.given = Facts(asked.numbers, asked.dates, frozenset())  # not its names
         self._texts = [question, *(c.text for c in chunks.values())]
         self.language = language  # of the reply
-        self._contexts: dict[tuple[int, int], str] = {}
+        self._contexts: dict[tuple[int, int], Sentence | None] = {}
 
     def support(self, claim: Claim, vector: np.ndarray) -> Support | None:
         """The (source number, sentence) pairs that support the claim, and whether they
@@ -164,7 +164,7 @@ class ClaimChecker:
         )
         for pair in pairs:
             if not self.unstated(stated, pair):
-                return [pair]
+                return self._with_context(stated, pair)
         wanted = names_only(stated)
         naming = [
             pair
@@ -185,17 +185,39 @@ class ClaimChecker:
         n, sentence = pair
         return missing(stated, sentence.text, self.given, self._context(n, sentence))
 
+    def _with_context(
+        self, stated: Facts, pair: tuple[int, Sentence]
+    ) -> list[tuple[int, Sentence]]:
+        """The supporting sentence, after the one before it when the claim's names are
+        only there: the citation then shows the reader where they come from."""
+        n, sentence = pair
+        before = self._before(n, sentence)
+        if before is None or not missing(stated, sentence.text, self.given).names:
+            return [pair]
+        return [(n, before), pair]
+
     def _context(self, n: int, sentence: Sentence) -> str:
         """The sentence, with the one before it when it names nothing the evidence
         knows ("The province has 90 startups"): there its names come from."""
+        before = self._before(n, sentence)
+        if before is None:
+            return sentence.text
+        chunk = next(s for s in self.sources if s.n == n).hit.chunk.text
+        return chunk[before.start : sentence.end]
+
+    def _before(self, n: int, sentence: Sentence) -> Sentence | None:
+        """The sentence before this one in its chunk, when this one names nothing the
+        evidence knows (its context); else None."""
         key = (n, sentence.start)
         if key not in self._contexts:
-            text = sentence.text
-            if not names_known_in(text, self.known):
+            found = None
+            if not names_known_in(sentence.text, self.known):
                 chunk = next(s for s in self.sources if s.n == n).hit.chunk.text
-                before = [start for start, end in split_sentences(chunk) if end <= sentence.start]
-                text = chunk[before[-1] : sentence.end] if before else text
-            self._contexts[key] = text
+                spans = [(a, b) for a, b in split_sentences(chunk) if b <= sentence.start]
+                if spans:
+                    start, end = spans[-1]
+                    found = Sentence(sentence.hit_index, start, end, chunk[start:end])
+            self._contexts[key] = found
         return self._contexts[key]
 
 

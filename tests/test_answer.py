@@ -26,7 +26,7 @@ from rag.engine import Engine
 from rag.grounding import ground
 from rag.llm import Message
 from rag.records import Chunk, Hit
-from rag.support import figures
+from rag.support import figures, verify_claims
 
 
 class WordEmbedder:
@@ -220,6 +220,26 @@ def test_every_claim_shown_carries_the_marker_of_the_sentence_it_rests_on() -> N
     loose = ground(f"{reply} Paris is lovely in spring.", sources, EMBEDDER)
     assert loose is not None and "Paris" not in loose.text
     assert loose.support() == {"supported": 2, "recited": 0, "dropped": 1}
+
+
+def test_a_name_taken_from_the_sentence_before_is_cited_with_it() -> None:
+    # "The city hosts 140 firms" states the figure, the sentence before it the name:
+    # both are quoted, so the citation shows all the claim rests on
+    hits = [
+        make_hit("c.txt", "Ho Chi Minh City is a hub for technology. The city hosts 140 firms.", 1),
+        make_hit("d.txt", "Quang Ninh supports 500 startups.", 2),
+    ]
+    sources = Evidence(hits, EMBEDDER.embed_query("firms city"), EMBEDDER).select(200)
+    n = next(s.n for s in sources if s.hit.chunk.path == "c.txt")
+    reply = f"Ho Chi Minh City hosts 140 firms [{n}]."
+    grounded = ground(reply, sources, EMBEDDER)
+    assert grounded is not None and grounded.text == reply
+    assert [c.quote for c in grounded.citations] == [
+        "Ho Chi Minh City is a hub for technology.",
+        "The city hosts 140 firms.",
+    ]
+    quotes = {n: [c.quote for c in grounded.citations]}
+    assert verify_claims(grounded.text, quotes) == [True]  # rag eval's own check agrees
 
 
 def test_ground_recites_a_claim_to_the_sentence_that_states_it() -> None:
