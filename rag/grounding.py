@@ -202,8 +202,7 @@ class ClaimChecker:
         before = self._before(n, sentence)
         if before is None:
             return sentence.text
-        chunk = next(s for s in self.sources if s.n == n).hit.chunk.text
-        return chunk[before.start : sentence.end]
+        return self._chunk_text(n)[before.start : sentence.end]
 
     def _before(self, n: int, sentence: Sentence) -> Sentence | None:
         """The sentence before this one in its chunk, when this one names nothing the
@@ -212,13 +211,17 @@ class ClaimChecker:
         if key not in self._contexts:
             found = None
             if not names_known_in(sentence.text, self.known):
-                chunk = next(s for s in self.sources if s.n == n).hit.chunk.text
+                chunk = self._chunk_text(n)
                 spans = [(a, b) for a, b in split_sentences(chunk) if b <= sentence.start]
                 if spans:
                     start, end = spans[-1]
                     found = Sentence(sentence.hit_index, start, end, chunk[start:end])
             self._contexts[key] = found
         return self._contexts[key]
+
+
+    def _chunk_text(self, n: int) -> str:
+        return next(s for s in self.sources if s.n == n).hit.chunk.text
 
 
 def _discriminating(names: set[str], texts: list[str]) -> set[str]:
