@@ -219,7 +219,6 @@ class ClaimChecker:
             self._contexts[key] = found
         return self._contexts[key]
 
-
     def _chunk_text(self, n: int) -> str:
         return next(s for s in self.sources if s.n == n).hit.chunk.text
 
