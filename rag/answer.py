@@ -27,11 +27,11 @@ from rag.languages import language_name
 from rag.llm import Message
 from rag.records import Citation, Hit, Location
 from rag.support import asks_amount, states_amount
+from rag.tuning import CONTEXT_SHARE, MIN_SENTENCE_CHARS, RANK_PENALTY
 
 # Re-exported: the engine picks the extractive answer's size from here.
 from rag.tuning import EXTRACTIVE_MARGIN as EXTRACTIVE_MARGIN
 from rag.tuning import EXTRACTIVE_SENTENCES as EXTRACTIVE_SENTENCES
-from rag.tuning import MIN_SENTENCE_CHARS, RANK_PENALTY
 
 # The reply with which the prompt tells the model to say the sources hold no answer.
 NOT_FOUND = "NOT_FOUND"
@@ -136,12 +136,15 @@ class Evidence:
     def __init__(self, hits: list[Hit], question_vector: np.ndarray, embedder: Embeds) -> None:
         self.hits = hits
         self.embedder = embedder
-        self.sentences = [
-            Sentence(i, start, end, hit.chunk.text[start:end])
-            for i, hit in enumerate(hits)
-            for start, end in split_sentences(hit.chunk.text)
-            if end - start >= MIN_SENTENCE_CHARS
-        ]
+        self.question_vector = question_vector
+        self.sentences: list[Sentence] = []
+        self._read_from: list[int] = []  # where each sentence reads from in context
+        for i, hit in enumerate(hits):
+            spans = split_sentences(hit.chunk.text)
+            for (start, end), before in zip(spans, [None, *spans[:-1]], strict=True):
+                if end - start >= MIN_SENTENCE_CHARS:
+                    self.sentences.append(Sentence(i, start, end, hit.chunk.text[start:end]))
+                    self._read_from.append(before[0] if before else start)
         vectors = sentence_vectors(embedder, [s.text for s in self.sentences])
         for sentence, vector in zip(self.sentences, vectors, strict=True):
             sentence.vector = vector
@@ -170,11 +173,33 @@ class Evidence:
         return self._number(chosen)
 
     def best(self, count: int, margin: float) -> list[Source]:
-        ranked = self.ranked()
+        """The few sentences a quoted answer shows: the best `count`, each within
+        `margin` of the best one, scored as read in context (see `in_context`)."""
+        ranked = sorted(self.in_context(), key=rank_key)
         if not ranked:
             return []
         top = ranked[0].score
         return self._number([s for s in ranked[:count] if s.score >= top - margin])
+
+    def in_context(self) -> list[Sentence]:
+        """The sentences scored CONTEXT_SHARE as read after the sentence before them,
+        the rest as themselves: "It aims to become a green hub" says whose aim only
+        with the sentence before it, which a question names. Only for quoted answers,
+        where the few best sentences are the answer: it costs a second embedding of
+        every sentence, and did not make the LLM's answers better (rag.tuning)."""
+        texts = [
+            self.hits[s.hit_index].chunk.text[start : s.end]
+            for s, start in zip(self.sentences, self._read_from, strict=True)
+        ]
+        vectors = sentence_vectors(self.embedder, texts)
+        return [
+            replace(
+                s,
+                score=(1 - CONTEXT_SHARE) * s.score
+                + CONTEXT_SHARE * float(vector @ self.question_vector),
+            )
+            for s, vector in zip(self.sentences, vectors, strict=True)
+        ]
 
     def _number(self, chosen: list[Sentence]) -> list[Source]:
         by_hit: dict[int, list[Sentence]] = {}

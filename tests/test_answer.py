@@ -18,6 +18,7 @@ from rag.answer import (
     fixed_messages,
     is_refusal,
     prompt_file,
+    rank_key,
     refusal_message,
     stream_hold,
 )
@@ -396,3 +397,20 @@ def test_an_amount_the_question_holds_itself_answers_nothing() -> None:
     assert answering(found, question, "en", question) == []
     # any other kind of question keeps every sentence
     assert answering(found, "Who leads Dong Nai?", "en", question) == found
+
+
+def test_a_sentence_is_scored_with_the_one_before_it_which_names_its_subject() -> None:
+    """Two sentences alike but for whom they speak of, which only the sentence before
+    each says: read in context (as a quoted answer ranks them), the one about the asked
+    province comes first, though its passage was retrieved second. Without those
+    sentences before them, retrieval order decides."""
+    question = EMBEDDER.embed_query("What will Lam Dong become?")
+
+    def order(dong: str, lam: str) -> list[str]:
+        hits = [make_hit("dong.txt", dong, 1), make_hit("lam.txt", lam, 2)]
+        scored = sorted(Evidence(hits, question, EMBEDDER).in_context(), key=rank_key)
+        return [s.text for s in scored if s.text.startswith("It will")]
+
+    port, hub = "It will become a port.", "It will become a hub."
+    assert order(f"Dong Nai merged. {port}", f"Lam Dong merged. {hub}") == [hub, port]
+    assert order(port, hub) == [port, hub]
