@@ -26,6 +26,7 @@ from rag.stages import Stages, Turn
 from rag.store import Store
 
 if TYPE_CHECKING:  # the indexer (and the readers it imports) only when indexing
+    from rag.gate import Thresholds
     from rag.indexer import IndexReport
 
 # A store replaced by a fresh one is closed this long after, when no search that
@@ -205,11 +206,11 @@ class Engine:
             yield Delta(answer.answer)
         yield Finished(answer)
 
-    def refusal_threshold(self) -> float:
-        """The dense similarity below which the gate refuses (rag.stages.gate)."""
-        from rag.gate import refusal_threshold  # RAG_REFUSAL_THRESHOLD, or calibrated
+    def refusal_thresholds(self) -> Thresholds:
+        """The dense similarities below which the gate refuses (rag.stages.gate)."""
+        from rag.gate import refusal_thresholds  # RAG_REFUSAL_THRESHOLD, or calibrated
 
-        return refusal_threshold(self.store(), self.embedder, self.settings)
+        return refusal_thresholds(self.store(), self.embedder, self.settings)
 
     def pipeline(self, backend: ChatBackend | None, query: str, vector: np.ndarray) -> Pipeline:
         """How an answer retrieves and picks its evidence. With an LLM, as llama-index

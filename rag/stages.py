@@ -100,9 +100,9 @@ def retrieve(engine: Engine, turn: Turn) -> list[Hit]:
 
 
 def gate(engine: Engine, turn: Turn) -> bool:
-    """Refuse when nothing retrieved is close enough to the question to hold an answer."""
-    confidence = max((h.dense_score or 0.0 for h in turn.hits), default=0.0)
-    return not turn.hits or confidence < engine.refusal_threshold()
+    """Refuse when nothing retrieved is close enough to the question to hold an answer
+    (rag.gate: one threshold for passages in the question's language, one for others)."""
+    return not engine.refusal_thresholds().passes(turn.hits, turn.resolved.language)
 
 
 def evidence(engine: Engine, turn: Turn) -> list[Source]:

@@ -1,4 +1,4 @@
-"""rag.gate: the refusal threshold calibrated per store (fakes only: fast)."""
+"""rag.gate: the refusal thresholds calibrated per store (fakes only: fast)."""
 
 from __future__ import annotations
 
@@ -15,11 +15,14 @@ from rag.gate import (
     GATE_QUANTILE,
     META_KEY,
     Calibration,
+    Thresholds,
     calibration_for,
     changed_share,
-    refusal_threshold,
+    refusal_thresholds,
     threshold_at,
+    thresholds_at,
 )
+from rag.records import Chunk, Hit
 
 
 @dataclass
@@ -62,12 +65,13 @@ class Embedder:
 
 @pytest.fixture
 def calls(monkeypatch: pytest.MonkeyPatch) -> list[int]:
-    """calibration_scores replaced: scores 0.70, 0.71, ... (one per question)."""
+    """calibration_scores replaced: same-language scores 0.700, 0.701, ..., other
+    languages' 0.01 lower (one pair per question)."""
     made: list[int] = []
 
-    def scores(store: Any, embedder: Any, k: int) -> list[float]:
+    def scores(store: Any, embedder: Any, k: int) -> list[tuple[float, float]]:
         made.append(k)
-        return [0.70 + i / 1000 for i in range(len(CALIBRATION_QUESTIONS))]
+        return [(0.70 + i / 1000, 0.69 + i / 1000) for i in range(len(CALIBRATION_QUESTIONS))]
 
     monkeypatch.setattr(gate, "calibration_scores", scores)
     gate._CACHE.clear()
@@ -102,6 +106,29 @@ def test_threshold_is_the_quantile_of_the_scores() -> None:
     assert threshold_at([]) == FALLBACK_THRESHOLD
 
 
+def test_each_kind_of_pair_gets_its_quantile_and_a_missing_kind_the_others() -> None:
+    pairs = [(0.80, 0.70), (0.82, 0.72), (None, 0.74)]
+    assert thresholds_at(pairs, 1.0) == Thresholds(0.82, 0.74)
+    assert thresholds_at([(None, 0.7), (None, 0.8)], 1.0) == Thresholds(0.8, 0.8)
+    assert thresholds_at([]) == Thresholds(FALLBACK_THRESHOLD, FALLBACK_THRESHOLD)
+
+
+def _hit(language: str, score: float) -> Hit:
+    chunk = Chunk("c", "a.txt", 0, "text", 0, 4, 1, 1, language, "h")
+    return Hit(chunk, score, 1, dense_score=score)
+
+
+def test_a_hit_passes_by_the_threshold_of_its_language_pair() -> None:
+    thresholds = Thresholds(same=0.80, cross=0.78)
+    # a Russian passage at 0.79 is close for an English question, not for a Russian one
+    assert thresholds.passes([_hit("ru", 0.79)], "en")
+    assert not thresholds.passes([_hit("ru", 0.79)], "ru")
+    assert thresholds.passes([_hit("ru", 0.70), _hit("ru", 0.81)], "ru")
+    assert thresholds.passes([_hit("nb", 0.79)], "en")  # Bokmål is Norwegian: "no"
+    assert not thresholds.passes([_hit("nb", 0.79)], "no")
+    assert not thresholds.passes([], "en")
+
+
 def test_changed_share() -> None:
     assert changed_share(["a", "b"], ["a", "b"]) == 0.0
     assert changed_share([], []) == 0.0
@@ -113,7 +140,8 @@ def test_calibrated_once_stored_and_reused(calls: list[int]) -> None:
     store = FakeStore(FakeManifest([f"h{i}" for i in range(20)]))
     first = calibration_for(store, Embedder(), 5)  # type: ignore[arg-type]
     assert calls == [5]
-    assert first.threshold == threshold_at(first.scores, GATE_QUANTILE)
+    assert first.thresholds == thresholds_at(first.scores, GATE_QUANTILE)
+    assert first.thresholds.same > first.thresholds.cross
     assert Calibration.from_json(store.manifest.meta[META_KEY]) == first
     again = calibration_for(store, Embedder(), 5)  # type: ignore[arg-type]
     assert calls == [5] and again == first  # read back from the manifest
@@ -147,29 +175,30 @@ def test_recalibrated_for_another_embedder_or_a_damaged_entry(calls: list[int]) 
 
 def test_a_read_only_store_still_gets_a_threshold(calls: list[int]) -> None:
     store = FakeStore(FakeManifest(["a"], writable=False))
-    assert calibration_for(store, Embedder(), 5).threshold > 0.7  # type: ignore[arg-type]
+    assert calibration_for(store, Embedder(), 5).same > 0.7  # type: ignore[arg-type]
     assert META_KEY not in store.manifest.meta
 
 
 def test_an_empty_store_falls_back(calls: list[int]) -> None:
     store = FakeStore(FakeManifest([]))
-    assert calibration_for(store, Embedder(), 5).threshold == FALLBACK_THRESHOLD  # type: ignore[arg-type]
+    fallback = Thresholds(FALLBACK_THRESHOLD, FALLBACK_THRESHOLD)
+    assert calibration_for(store, Embedder(), 5).thresholds == fallback  # type: ignore[arg-type]
     assert calls == []
 
 
 def test_a_configured_number_overrides_and_auto_is_cached(calls: list[int]) -> None:
     store = FakeStore(FakeManifest(["a", "b"]))
     fixed = Settings.from_env(refusal_threshold=0.5)
-    assert refusal_threshold(store, Embedder(), fixed) == 0.5  # type: ignore[arg-type]
+    assert refusal_thresholds(store, Embedder(), fixed) == Thresholds(0.5, 0.5)  # type: ignore[arg-type]
     assert calls == []
     auto = Settings.from_env(refusal_threshold="auto")
-    value = refusal_threshold(store, Embedder(), auto)  # type: ignore[arg-type]
-    assert 0.7 < value < 0.8
+    value = refusal_thresholds(store, Embedder(), auto)  # type: ignore[arg-type]
+    assert 0.7 < value.cross < value.same < 0.8
     store.manifest.meta.clear()  # only a new generation looks again
-    assert refusal_threshold(store, Embedder(), auto) == value  # type: ignore[arg-type]
+    assert refusal_thresholds(store, Embedder(), auto) == value  # type: ignore[arg-type]
     assert len(calls) == 1
     store.manifest.gen += 1
-    refusal_threshold(store, Embedder(), auto)  # type: ignore[arg-type]
+    refusal_thresholds(store, Embedder(), auto)  # type: ignore[arg-type]
     assert len(calls) == 2
 
 

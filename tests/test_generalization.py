@@ -18,6 +18,7 @@ import pytest
 from rag.config import Settings
 from rag.engine import Engine
 from rag.evaluate import first_expected_rank, load_golden, ranked_files
+from rag.stages import Turn, gate, plan, retrieve
 
 XQUAD = Path("/work/shared/xquad-dev")
 ARTICLES = ("dev01_de.txt", "dev02_es.txt", "dev03_vi.txt", "dev04_el.txt", "dev05_en.txt")
@@ -43,28 +44,32 @@ def engine(tmp_path_factory: pytest.TempPathFactory, embedder) -> Engine:  # typ
     return built
 
 
-def _asked(engine: Engine, question: str) -> tuple[list[str], float]:
-    hits = engine.search(question)
-    return ranked_files(h.chunk.path for h in hits), max(h.dense_score or 0.0 for h in hits)
+def _asked(engine: Engine, question: str) -> tuple[list[str], bool]:
+    """The files found, best first, and whether the gate refuses (as an answer would)."""
+    turn = Turn(question, [], "none", None)
+    turn.plan = plan(engine, turn)
+    turn.hits = retrieve(engine, turn)
+    return ranked_files(h.chunk.path for h in turn.hits), gate(engine, turn)
 
 
 def test_xquad_subset_retrieval_and_gate(engine: Engine) -> None:
     cases = [c for c in load_golden(XQUAD / "golden.jsonl") if c.expected_sources[0] in ARTICLES]
     assert len(cases) == 9 * len(ARTICLES)
-    threshold = engine.refusal_threshold()
+    thresholds = engine.refusal_thresholds()
     ranks, refused = [], []
     for case in cases:
-        files, best = _asked(engine, case.question)
+        files, refuses = _asked(engine, case.question)
         ranks.append(first_expected_rank(files, case.expected_sources))
-        refused.append(best < threshold)
+        refused.append(refuses)
     hit1 = sum(r == 1 for r in ranks) / len(ranks)
     hit3 = sum(r is not None and r <= 3 for r in ranks) / len(ranks)
     assert hit1 >= 0.78, f"hit@1 {hit1:.3f}"
     assert hit3 >= 0.95, f"hit@3 {hit3:.3f}"
-    assert sum(refused) <= 3, f"{sum(refused)} answerable questions refused at {threshold}"
+    # 3 with a single threshold, which refused 56 of 66 off-corpus questions here; the
+    # two thresholds refuse 5 and 61 (on all of xquad-dev: 24 % -> 17 % and 71 % -> 75 %)
+    assert sum(refused) <= 5, f"{sum(refused)} answerable questions refused at {thresholds}"
 
 
 def test_off_corpus_questions_refused(engine: Engine) -> None:
-    threshold = engine.refusal_threshold()
-    refused = [_asked(engine, c.question)[1] < threshold for c in load_golden(OFF_CORPUS)]
-    assert sum(refused) / len(refused) >= 0.6, f"{sum(refused)} of {len(refused)} refused"
+    refused = [_asked(engine, c.question)[1] for c in load_golden(OFF_CORPUS)]
+    assert sum(refused) / len(refused) >= 0.85, f"{sum(refused)} of {len(refused)} refused"
