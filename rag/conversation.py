@@ -55,6 +55,13 @@ class Plan:
     previous: str | None  # the previous user question, if any
     follow_up: bool  # the question depends on the previous turn
     method: str = "standalone"  # how `standalone` was made: "standalone", "rules", "llm"
+    # the language the question is written in, when a fixed answer language was asked
+    # for (None: `language` is it); the gate compares passages' languages with it
+    asked_in: str | None = None
+
+    @property
+    def question_language(self) -> str:
+        return self.asked_in or self.language
 
 
 def previous_turn(history: Sequence[dict[str, str]], turns: int) -> tuple[str | None, str | None]:
@@ -78,16 +85,18 @@ def resolve(
     """The plan of a question: its language and, for a follow-up, its standalone form."""
     previous, previous_answer = previous_turn(history, turns)
     conversation = detect_language(previous) if previous else None
-    lang = language or detect_language(question, _known(conversation))
-    lang = lang if lang in LANGUAGES else _known(conversation) or "en"
+    detected = detect_language(question, _known(conversation))
+    asked_in = detected if detected in LANGUAGES else _known(conversation) or "en"
+    lang = language if language in LANGUAGES else asked_in
+    fixed = asked_in if lang != asked_in else None
     if not previous or not depends_on_previous(question, lang):
-        return Plan(question, question, lang, previous, False)
+        return Plan(question, question, lang, previous, False, asked_in=fixed)
     if rewrite is not None:
         rewritten = _checked(rewrite(question, previous, previous_answer, lang), question, previous)
         if rewritten:
-            return Plan(question, rewritten, lang, previous, True, "llm")
+            return Plan(question, rewritten, lang, previous, True, "llm", fixed)
     standalone = standalone_by_rules(question, previous, lang, previous_answer)
-    return Plan(question, standalone, lang, previous, True, "rules")
+    return Plan(question, standalone, lang, previous, True, "rules", fixed)
 
 
 def _known(code: str | None) -> str | None:

@@ -102,7 +102,7 @@ def retrieve(engine: Engine, turn: Turn) -> list[Hit]:
 def gate(engine: Engine, turn: Turn) -> bool:
     """Refuse when nothing retrieved is close enough to the question to hold an answer
     (rag.gate: one threshold for passages in the question's language, one for others)."""
-    return not engine.refusal_thresholds().passes(turn.hits, turn.resolved.language)
+    return not engine.refusal_thresholds().passes(turn.hits, turn.resolved.question_language)
 
 
 def evidence(engine: Engine, turn: Turn) -> list[Source]:

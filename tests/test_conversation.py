@@ -136,3 +136,12 @@ def test_the_follow_up_keeps_the_conversation_language() -> None:
 def test_previous_turn_is_the_last_user_question_and_its_answer() -> None:
     assert previous_turn(HISTORY, 6) == (HISTORY[0]["content"], HISTORY[1]["content"])
     assert previous_turn([], 6) == (None, None)
+
+
+def test_a_fixed_answer_language_keeps_the_language_the_question_is_asked_in() -> None:
+    """The answer comes in the language asked for; the gate still compares passages'
+    languages with the question's own (rag.gate: its two thresholds)."""
+    fixed = resolve("Wie viele Startups gibt es in der Provinz Dong Nai?", [], 6, "en")
+    assert (fixed.language, fixed.question_language) == ("en", "de")
+    free = resolve("Wie viele Startups gibt es in der Provinz Dong Nai?", [], 6)
+    assert (free.language, free.question_language, free.asked_in) == ("de", "de", None)
