@@ -203,7 +203,8 @@ def gate_report(
     from rag.gate import GATE_QUANTILE, calibration_for, threshold_at
 
     calibration = calibration_for(engine.store(), engine.embedder, engine.settings.top_k)
-    best = [max(s for s in pair if s is not None) for pair in calibration.scores if any(pair)]
+    measured = [[s for s in pair if s is not None] for pair in calibration.scores]
+    best = [max(scores) for scores in measured if scores]
     answerable = [r["confidence"] for r in own_rows if r["answerable"]]
     off = [r["confidence"] for r in off_rows]
 
