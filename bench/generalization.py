@@ -190,6 +190,7 @@ def measure(
         "by_half": breakdown(own_rows, "half"),
         "by_question_language": breakdown(own_rows, "lang"),
         "gate": gate_report(engine, own_rows, every_off),
+        "retrieval_ceiling": retrieval_ceiling(engine, own),
         "rows": {"own": own_rows, **off_rows},
     }
     return result
@@ -225,7 +226,64 @@ def gate_report(
             **{f"calibrated_q{q}": at(threshold_at(best, q)) for q in (0.5, 0.6, 0.7, 0.8, 0.9)},
             "fixed_0.787": at(0.787),
         },
+        # the highest single threshold refusing at most 2 % of the answerable questions
+        # (issue #12's bound), and what it refuses of the off-corpus ones
+        "at_2pct_false_refusals": at(_round(_at_most_refused(answerable, 0.02)) or 0.0),
     }
+
+
+def _at_most_refused(scores: Sequence[float], share: float) -> float:
+    """The highest threshold below which at most `share` of the scores fall."""
+    ordered = sorted(scores)
+    allowed = int(share * len(ordered))  # may be refused
+    return ordered[allowed] if allowed < len(ordered) else ordered[-1] + 1e-9
+
+
+def retrieval_ceiling(engine: Engine, own: Sequence[GoldenCase]) -> dict[str, Any]:
+    """Hit@1 of each ranking that fusion combines, alone, as shipped, and of an oracle
+    that picks for every question whichever of them is right: no weighting of these
+    rankings can do better than the oracle. Also how often the expected file is among
+    the fused candidates at all: what a reranker could still reorder to first."""
+    from rag.retrieve import HybridRetriever, language_balanced_query, top_k
+    from rag.stages import Turn, plan
+    from rag.tuning import CANDIDATES_PER_RESULT, MIN_CANDIDATES
+
+    retriever = HybridRetriever(engine.store(), engine.embedder)
+    firsts: dict[str, int] = {"dense": 0, "keyword": 0, "fused": 0, "oracle": 0, "pool": 0}
+    answerable = [c for c in own if c.answerable and c.expected_sources]
+    for case in answerable:
+        turn = Turn(case.question, list(case.history), "none", None)
+        resolved = plan(engine, turn)
+        query, language = resolved.standalone, None  # detected as Engine.search does
+        vector = engine.embedder.embed_query(query)
+        n = max(MIN_CANDIDATES, CANDIDATES_PER_RESULT * TOP_PASSAGES)  # as candidates() takes
+        expected = set(case.expected_sources)
+
+        dense = [c.path for c, _ in language_balanced_query(engine.store(), vector, n)]
+        scores = retriever.keyword.scores(retriever.keyword.parse(query, language))
+        keyword = [retriever.keyword.chunks[p].path for p, s in top_k(scores, n) if s > 0]
+        fused = [c.chunk.path for c in retriever.candidates(query, TOP_PASSAGES, vector, language)]
+        verdicts = {
+            name: bool(ranking) and _named(ranking[0], expected)
+            for name, ranking in (("dense", dense), ("keyword", keyword), ("fused", fused))
+        }
+        for name, verdict in verdicts.items():
+            firsts[name] += verdict
+        firsts["oracle"] += any(verdicts.values())
+        firsts["pool"] += any(_named(path, expected) for path in fused)
+    return {
+        "questions": len(answerable),
+        **{
+            f"hit@1_{name}": _round(ratio(count, len(answerable)))
+            for name, count in firsts.items()
+            if name != "pool"
+        },
+        "expected_file_among_candidates": _round(ratio(firsts["pool"], len(answerable))),
+    }
+
+
+def _named(path: str, files: set[str]) -> bool:
+    return Path(path).name in files
 
 
 def local_sample(
