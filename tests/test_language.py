@@ -143,6 +143,13 @@ def test_no_language_gives_und(text: str) -> None:
     assert detect_language(text) == "und"
 
 
+def test_vietnamese_with_a_name_in_a_foreign_form_stays_vietnamese() -> None:
+    # a local model's answer that keeps the sources' genitive "Lam Dongs": the fast
+    # trigram pass ranked German, Norwegian, Danish and Swedish ahead of Vietnamese
+    assert detect_language("Dân số Lam Dongs là 3,4 triệu người.") == "vi"
+    assert detect_language("Welche Position hat Phạm Hồng Quát in der Abteilung?") == "de"
+
+
 def test_decomposed_vietnamese_is_recognised() -> None:
     decomposed = "Nghi\u0323 quyê\u0301t 57 đươ\u0323c ban ha\u0300nh khi na\u0300o?"
     assert detect_language(decomposed) == "vi"
