@@ -142,14 +142,22 @@ class ClaimChecker:
             return None  # a name from nowhere: no passage and not the question has it
         stated = facts(claim.text, self.known)
         cited = [s for s in self.sources if s.n in claim.numbers]
-        if not stated:  # nothing to check: the cited source's closest sentence
-            targets = cited or [s for s in self.sources if s.n in _attach(vector, self.sources)]
-            return [(s.n, _closest(s.sentences, vector)) for s in targets], False
+        if not stated:  # nothing to check: it must at least say what a sentence says
+            return self._resembling(cited, vector)
         found = self._covering(stated, cited, vector)
         if found:
             return found, False
         found = self._covering(stated, self.sources, vector)
         return (found, True) if found else None
+
+    def _resembling(self, cited: list[Source], vector: np.ndarray) -> Support:
+        """For a claim without facts: the closest sentence of each cited source that says
+        something like it; else of the closest source that does (re-cited); else none
+        ("Yes, it is paid [2]" where [2] says nothing of a price is not supported)."""
+        alike = [s for s in cited if _attach(vector, [s])]
+        moved = not alike and bool(cited)
+        targets = alike or [s for s in self.sources if s.n in _attach(vector, self.sources)]
+        return [(s.n, _closest(s.sentences, vector)) for s in targets], moved
 
     def _covering(
         self, stated: Facts, sources: list[Source], vector: np.ndarray

@@ -91,9 +91,11 @@ CONTEXT_SHARE = 0.5
 # hand; not measured.
 EXTRACTIVE_SENTENCES = 3
 EXTRACTIVE_MARGIN = 0.04
-# An uncited claim of an LLM reply is attached to the closest source sentence only when
-# it is at least this similar; below it the claim is not treated as grounded. Set by
-# hand; not measured.
+# A claim of an LLM reply with no figure, date or name to check is tied to a source
+# sentence only when it is at least this similar to it (the closest sentence of a source
+# it cites, else of any source); below it the claim is not treated as grounded. Set by
+# hand; not measured. (It does not catch everything off-topic: e5 rates "use this SQL
+# query" 0.80 or more to a sentence about databases.)
 ATTACH_MIN_SIMILARITY = 0.80
 
 # ------------------------------------------------------------------ conversation and LLM

@@ -158,6 +158,16 @@ def test_ground_attaches_an_uncited_but_supported_reply() -> None:
     assert re.search(r"\[\d\]\.?$", grounded.text)
 
 
+def test_a_claim_without_facts_must_resemble_the_sentence_it_cites() -> None:
+    sources = evidence("Dong Nai startups weather").select(200)
+    n_a = next(s.n for s in sources if s.hit.chunk.path == "a.txt")
+    kept = ground(f"The weather was fine [{n_a}].", sources, EMBEDDER)
+    assert kept is not None and [c.quote for c in kept.citations] == ["The weather was fine."]
+    # "Yes, it is paid [1]" after a question about a free course: nothing in [1] says
+    # anything like it, so the citation would make it look grounded
+    assert ground(f"Yes, it is paid [{n_a}].", sources, EMBEDDER) is None
+
+
 def test_ground_gives_up_on_an_unsupported_uncited_reply() -> None:
     sources = evidence("Dong Nai startups").select(200)
     assert ground("Paris is the capital of France.", sources, EMBEDDER) is None
