@@ -248,7 +248,10 @@ def retrieval_ceiling(engine: Engine, own: Sequence[GoldenCase]) -> dict[str, An
     from rag.stages import Turn, plan
     from rag.tuning import CANDIDATES_PER_RESULT, MIN_CANDIDATES
 
-    retriever = HybridRetriever(engine.store(), engine.embedder)
+    store = engine.store()
+    retriever = HybridRetriever(store, engine.embedder)
+    # as many candidates from each ranking as HybridRetriever.candidates takes
+    n = max(MIN_CANDIDATES, CANDIDATES_PER_RESULT * TOP_PASSAGES)
     firsts: dict[str, int] = {"dense": 0, "keyword": 0, "fused": 0, "oracle": 0, "pool": 0}
     answerable = [c for c in own if c.answerable and c.expected_sources]
     for case in answerable:
@@ -256,10 +259,9 @@ def retrieval_ceiling(engine: Engine, own: Sequence[GoldenCase]) -> dict[str, An
         resolved = plan(engine, turn)
         query, language = resolved.standalone, None  # detected as Engine.search does
         vector = engine.embedder.embed_query(query)
-        n = max(MIN_CANDIDATES, CANDIDATES_PER_RESULT * TOP_PASSAGES)  # as candidates() takes
         expected = set(case.expected_sources)
 
-        dense = [c.path for c, _ in language_balanced_query(engine.store(), vector, n)]
+        dense = [c.path for c, _ in language_balanced_query(store, vector, n)]
         scores = retriever.keyword.scores(retriever.keyword.parse(query, language))
         keyword = [retriever.keyword.chunks[p].path for p, s in top_k(scores, n) if s > 0]
         fused = [c.chunk.path for c in retriever.candidates(query, TOP_PASSAGES, vector, language)]
