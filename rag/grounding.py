@@ -43,6 +43,9 @@ class Grounded:
     kept: int = 0  # claims shown, each supported by the sentence(s) it cites
     recited: int = 0  # of which cited to another source sentence than the model chose
     dropped: int = 0  # claims removed: no source sentence states their facts
+    # nothing of the reply can be tied to a source (no claim, or only ones close to no
+    # source sentence): the caller quotes the sources instead, reporting `dropped`
+    untied: bool = False
 
     def support(self) -> dict[str, int]:
         supported = self.kept - self.recited
@@ -56,7 +59,7 @@ def ground(
     question: str = "",
     hits: list[Hit] | None = None,
     language: str = "",
-) -> Grounded | None:
+) -> Grounded:
     """Check every claim of the reply against the sentence(s) it cites (rag.support).
 
     A claim stands when its cited sentences state its numbers, dates and names; else
@@ -66,14 +69,14 @@ def ground(
     lack the fact are no claims; a reply of only those, or with every claim dropped, is
     a refusal. Uncited claims without facts are attached to the closest source
     sentence when similar enough, and show its marker; those close to none are left
-    out (counted as dropped). None when nothing in the reply can be tied to a source
-    (the caller quotes the sources instead).
+    out (counted as dropped). `untied` when nothing in the reply can be tied to a
+    source (the caller quotes the sources instead).
     """
     by_number = {s.n: s for s in sources}
     cleaned = clean_markers(reply, set(by_number))
     parts = [c for c in claims(cleaned) if c.text]
     if not parts:
-        return None
+        return Grounded("", [], untied=True)
     answering = [c for c in parts if not says_not_found(c.text)]
     if not answering:
         return Grounded("", [], refused=True)
@@ -97,7 +100,7 @@ def ground(
             best.setdefault((n, citation.quote), citation)
     dropped = len(answering) - len(shown)
     if not shown:  # nothing tied to a source: quote instead; all dropped: refuse
-        return None if loose else Grounded("", [], refused=True, dropped=dropped)
+        return Grounded("", [], refused=not loose, dropped=dropped, untied=bool(loose))
     unchanged = (
         len(shown) == len(parts)
         and not recited

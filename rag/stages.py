@@ -144,8 +144,8 @@ def check(engine: Engine, turn: Turn) -> Answer:
         return _answer(turn, refusal_message(resolved.language), True, [])
     standalone, language, question = _asked(turn)
     grounded = ground(turn.reply, turn.sources, engine.embedder, question, turn.hits, language)
-    if grounded is None:  # nothing in the reply can be tied to a source: quote instead
-        return _quote_instead(turn)
+    if grounded.untied:  # nothing in the reply can be tied to a source: quote instead
+        return _quote_instead(turn, dropped=grounded.dropped)
     if grounded.refused:
         return _answer(turn, refusal_message(language), True, [], grounded.support())
     if asks_amount(standalone, language) and not states_amount(

@@ -133,3 +133,15 @@ def test_an_amount_asked_and_not_given_is_quoted_from_a_sentence_stating_one(
     # each quote states an amount: a figure, or a number word ("de fire interessentene")
     assert all(states_amount(c.quote, "no", DONG_NAI) for c in answer.citations)
     assert answer.support["dropped"] == 1
+
+
+def test_a_reply_tied_to_no_source_is_quoted_instead_and_its_claims_counted_dropped(
+    engine: Engine,
+) -> None:
+    # nothing in the reply resembles a source sentence: the sources are quoted, and
+    # the support figures still say the model's claims were left out
+    scripted(engine, "Paris is lovely in spring. The Seine runs through it.")
+    answer = engine.ask(DONG_NAI, llm="openai")
+    assert not answer.refused and "Paris" not in answer.answer
+    assert answer.citations and all(c.path == TECHFEST for c in answer.citations)
+    assert answer.support == {"supported": len(answer.citations), "recited": 0, "dropped": 2}
