@@ -244,14 +244,12 @@ def retrieval_ceiling(engine: Engine, own: Sequence[GoldenCase]) -> dict[str, An
     that picks for every question whichever of them is right: no weighting of these
     rankings can do better than the oracle. Also how often the expected file is among
     the fused candidates at all: what a reranker could still reorder to first."""
-    from rag.retrieve import HybridRetriever, language_balanced_query, top_k
+    from rag.retrieve import HybridRetriever, candidate_count, language_balanced_query, top_k
     from rag.stages import Turn, plan
-    from rag.tuning import CANDIDATES_PER_RESULT, MIN_CANDIDATES
 
     store = engine.store()
     retriever = HybridRetriever(store, engine.embedder)
-    # as many candidates from each ranking as HybridRetriever.candidates takes
-    n = max(MIN_CANDIDATES, CANDIDATES_PER_RESULT * TOP_PASSAGES)
+    n = candidate_count(TOP_PASSAGES)  # as many as HybridRetriever.candidates takes
     firsts: dict[str, int] = {"dense": 0, "keyword": 0, "fused": 0, "oracle": 0, "pool": 0}
     answerable = [c for c in own if c.answerable and c.expected_sources]
     for case in answerable:

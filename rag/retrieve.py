@@ -268,6 +268,11 @@ def keyword_weight(query: str | KeywordQuery) -> float:
     return LOOKUP_KEYWORD_WEIGHT if share == 1.0 else KEYWORD_WEIGHT
 
 
+def candidate_count(k: int) -> int:
+    """How many candidates each ranking gives fusion when k results are wanted."""
+    return max(MIN_CANDIDATES, CANDIDATES_PER_RESULT * k)
+
+
 class HybridRetriever:
     """Dense + BM25 candidates, fused by reciprocal rank fusion, overlaps merged.
 
@@ -310,7 +315,7 @@ class HybridRetriever:
         self, query: str, k: int, vector: np.ndarray, language: str | None = None
     ) -> list[Candidate]:
         """The fused ranking of the dense and keyword candidates, best first."""
-        n = max(MIN_CANDIDATES, CANDIDATES_PER_RESULT * k)
+        n = candidate_count(k)
         dense = language_balanced_query(self.store, vector, n)
         parsed = self.keyword.parse(query, language)  # once, for the scores and the weight
         bm25 = self.keyword.scores(parsed)
