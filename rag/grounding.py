@@ -24,6 +24,7 @@ from rag.support import (
     names_known_in,
     names_only,
     says_not_found,
+    says_nothing_new,
     unknown_names,
 )
 from rag.tuning import ATTACH_MIN_SIMILARITY
@@ -134,6 +135,7 @@ class ClaimChecker:
         )
         asked = facts(question)
         self.given = Facts(asked.numbers, asked.dates, frozenset())  # not its names
+        self.question = question
         self._texts = [question, *(c.text for c in chunks.values())]
         self.language = language  # of the reply
         self._contexts: dict[tuple[int, int], Sentence | None] = {}
@@ -143,6 +145,8 @@ class ClaimChecker:
         are other sources than the claim cites; None when nothing supports it."""
         if unknown_names(claim.text, self._texts, self.language):
             return None  # a name from nowhere: no passage and not the question has it
+        if says_nothing_new(claim.text, self.question):
+            return [], False  # an echo of the question is no answer: left out
         stated = facts(claim.text, self.known)
         cited = [s for s in self.sources if s.n in claim.numbers]
         if not stated:  # nothing to check: it must at least say what a sentence says

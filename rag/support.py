@@ -49,6 +49,8 @@ _MIN_WORD_KEY = 4  # a single word's ("Công" -> "cng" is a common Vietnamese wo
 _UNSPACED = "\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\uff66-\uff9f"
 _NAME_WORD = re.compile(rf"[^\W\d_{_UNSPACED}](?:[^\W{_UNSPACED}]|['’])*")
 NOUN_CAPITALIZING = frozenset({"de"})
+_PLAIN_WORD = re.compile(r"\w+")
+_UNSPACED_CHAR = re.compile(f"[{_UNSPACED}]")
 
 
 @dataclass(frozen=True)
@@ -413,6 +415,16 @@ def says_not_found(text: str) -> bool:
     """Whether a reply's sentence says the sources lack the fact (in any language)."""
     lowered = " ".join(text.lower().split())
     return any(phrase in lowered for phrase in not_found_phrases())
+
+
+def says_nothing_new(claim: str, asked: str) -> bool:
+    """Whether every word of a claim is a word of what was asked: "Вьетнама" for
+    "Who heads the Association ... of Vietnam?" repeats the question and answers
+    nothing. (Not judged for text without spaces between words.)"""
+    words = _PLAIN_WORD.findall(claim.casefold())
+    if not words or _UNSPACED_CHAR.search(claim):
+        return False
+    return set(words) <= set(_PLAIN_WORD.findall(asked.casefold()))
 
 
 def asks_amount(question: str, language: str) -> bool:

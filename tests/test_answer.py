@@ -171,6 +171,18 @@ def test_a_claim_without_facts_must_resemble_the_sentence_it_cites() -> None:
     assert paid.dropped == 1
 
 
+def test_a_reply_that_only_repeats_the_question_is_no_answer() -> None:
+    # "Вьетнама [2]." for "who heads the Association ... of Vietnam?": every word is
+    # the question's, so it answers nothing, though [2] states the name
+    sources = evidence("Dong Nai startups").select(200)
+    n_a = next(s.n for s in sources if s.hit.chunk.path == "a.txt")
+    asked = "How many innovative startups does Dong Nai have?"
+    echo = ground(f"Dong Nai [{n_a}].", sources, EMBEDDER, asked)
+    assert echo.untied and echo.dropped == 1  # the caller quotes the sources instead
+    stated = ground(f"Dong Nai has about 90 innovative startups [{n_a}].", sources, EMBEDDER, asked)
+    assert not stated.untied and stated.kept == 1
+
+
 def test_ground_gives_up_on_an_unsupported_uncited_reply() -> None:
     sources = evidence("Dong Nai startups").select(200)
     grounded = ground("Paris is the capital of France.", sources, EMBEDDER)
