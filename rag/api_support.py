@@ -6,8 +6,11 @@ from __future__ import annotations
 import contextlib
 import hmac
 import json
+import sys
 import threading
+import traceback
 from collections.abc import AsyncIterator, Iterator
+from html import escape
 from typing import Any
 
 import anyio
@@ -17,10 +20,15 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from rag.config import debug_enabled
 from rag.llm import LLMError
 from rag.records import UserError, one_line
 
 RETRY_AFTER_SECONDS = 5
+# The longest question a route accepts (what a question is, not a document).
+MAX_QUESTION_CHARS = 4000
+# Routes open without the API key.
+OPEN_PATHS = frozenset({"/health"})
 
 
 class ApiError(Exception):
@@ -34,8 +42,13 @@ def error_body(message: str, code: str, kind: str = "invalid_request_error") -> 
 
 
 def error_response(status: int, message: str, code: str, headers: dict | None = None) -> Any:
-    kind = "server_error" if status >= 500 else "invalid_request_error"
-    return JSONResponse(error_body(message, code, kind), status_code=status, headers=headers)
+    return JSONResponse(
+        error_body(message, code, _kind(status)), status_code=status, headers=headers
+    )
+
+
+def _kind(status: int) -> str:
+    return "server_error" if status >= 500 else "invalid_request_error"
 
 
 def _validation_message(exc: RequestValidationError) -> tuple[int, str]:
@@ -63,6 +76,11 @@ def install_error_handlers(app: FastAPI) -> None:
             message = f"no route {request.method} {request.url.path}; see /docs"
         elif exc.status_code == 405:
             message = f"{request.method} is not allowed on {request.url.path}"
+        elif exc.status_code == 400 and exc.detail == "There was an error parsing the body":
+            # FastAPI's words for a body that is not UTF-8 (JSON must be)
+            return error_response(
+                400, "the request body is not valid UTF-8 JSON", "invalid_request"
+            )
         else:
             message = str(exc.detail)
         return error_response(exc.status_code, message, _code(exc.status_code), exc.headers)
@@ -71,9 +89,9 @@ def install_error_handlers(app: FastAPI) -> None:
     async def user_error(_: Request, exc: UserError) -> Any:
         return error_response(*user_error_status(exc), None)
 
-    @app.exception_handler(Exception)
-    async def internal(_: Request, exc: Exception) -> Any:
-        return error_response(500, f"internal error: {one_line(exc)}", "internal_error")
+    # Unexpected exceptions: InternalErrors (an exception handler for Exception runs in
+    # Starlette's outermost middleware, which re-raises after answering, and the
+    # server then drops the client's keep-alive connection).
 
 
 def user_error_status(exc: UserError) -> tuple[int, str, str]:
@@ -164,23 +182,63 @@ class GenerationQueue:
                 self._count -= 1
 
 
-def api_key_check(key: str) -> Any:
-    def check(request: Request) -> None:
-        if not key:
+class ApiKeyGate:
+    """ASGI middleware: with a key set, every route but OPEN_PATHS (the schema and its
+    page too) needs it, checked before the body is read or parsed."""
+
+    def __init__(self, app: ASGIApp, key: str) -> None:
+        self.app, self.key = app, key
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or not self.key or scope["path"] in OPEN_PATHS:
+            await self.app(scope, receive, send)
             return
-        given = request.headers.get("x-api-key", "")
-        scheme, _, token = request.headers.get("authorization", "").partition(" ")
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+        given = headers.get("x-api-key", "")
+        scheme, _, token = headers.get("authorization", "").partition(" ")
         if scheme.lower() == "bearer":
             given = token.strip()
-        if not hmac.compare_digest(given.encode(), key.encode()):
-            raise ApiError(
-                401,
-                "missing or wrong API key: send 'Authorization: Bearer <RAG_API_KEY>'",
-                "invalid_api_key",
-                {"WWW-Authenticate": "Bearer"},
-            )
+        if hmac.compare_digest(given.encode("utf-8", "replace"), self.key.encode()):
+            await self.app(scope, receive, send)
+            return
+        message = "missing or wrong API key: send 'Authorization: Bearer <RAG_API_KEY>'"
+        refusal = error_response(401, message, "invalid_api_key", {"WWW-Authenticate": "Bearer"})
+        await refusal(scope, _no_body, send)
 
-    return check
+
+class InternalErrors:
+    """ASGI middleware: an unexpected exception is a JSON 500 with one line, and the
+    connection stays open (RAG_DEBUG=1 also logs the traceback)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def sending(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, sending)
+        except Exception as exc:
+            if started:  # a streamed body broke off: nothing left to answer with
+                raise
+            _log_internal(scope, exc)
+            failure = error_response(500, f"internal error: {one_line(exc)}", "internal_error")
+            await failure(scope, _no_body, send)
+
+
+def _log_internal(scope: Scope, exc: Exception) -> None:
+    where = f"{scope.get('method', '')} {scope.get('path', '')}"
+    if debug_enabled():
+        traceback.print_exception(exc)
+    print(f"rag serve: internal error on {where}: {one_line(exc)}", file=sys.stderr, flush=True)
 
 
 def close_events(events: Iterator[Any]) -> None:
@@ -212,6 +270,28 @@ def stream_error(exc: Exception) -> dict[str, Any]:
     if isinstance(exc, ApiError):
         return error_body(exc.message, exc.code)
     if isinstance(exc, UserError):
-        _, message, code = user_error_status(exc)
-        return error_body(message, code)
+        status, message, code = user_error_status(exc)
+        return error_body(message, code, _kind(status))
     return error_body(f"internal error: {one_line(exc)}", "internal_error", "server_error")
+
+
+def routes_page(schema: dict[str, Any]) -> str:
+    """A plain HTML page of the API's routes from its OpenAPI schema: what /docs shows
+    offline (Swagger UI's scripts come from a CDN)."""
+    rows = []
+    for path, operations in schema.get("paths", {}).items():
+        for method, operation in operations.items():
+            summary = operation.get("description") or operation.get("summary") or ""
+            rows.append(
+                f"<tr><td><code>{method.upper()}</code></td><td><code>{escape(path)}</code>"
+                f"</td><td>{escape(summary).replace(chr(10), '<br>')}</td></tr>"
+            )
+    info = schema.get("info", {})
+    return (
+        f"<!doctype html><html><head><meta charset='utf-8'><title>{escape(info.get('title', ''))}"
+        "</title><style>body{font-family:sans-serif;margin:2em}td{padding:.3em 1em;"
+        "vertical-align:top;border-bottom:1px solid #ddd}</style></head><body>"
+        f"<h1>{escape(info.get('title', ''))} API</h1><p>{escape(info.get('summary', ''))}</p>"
+        "<p>The full schema: <a href='openapi.json'>openapi.json</a>.</p>"
+        f"<table>{''.join(rows)}</table></body></html>"
+    )

@@ -35,6 +35,9 @@ from rag.support import NOUN_CAPITALIZING, name_runs
 
 # A question this short (in words, after its opener) asks nothing alone ("Why?").
 MIN_STANDALONE_WORDS = 3
+# The previous question is read up to this many characters: an API client may send
+# any history, and a question is not a document (rag serve takes at most 4000).
+HISTORY_MESSAGE_CHARS = 4000
 # A question this short, naming nothing, that speaks of "the name" refers to the chat.
 MAX_DEFINITE_WORDS = 6
 # A rewrite longer than this many times the two questions together went astray.
@@ -70,8 +73,8 @@ def previous_turn(history: Sequence[dict[str, str]], turns: int) -> tuple[str | 
     for i in range(len(recent) - 1, -1, -1):
         message = recent[i]
         if message.get("role") == "user" and message.get("content", "").strip():
-            after = recent[i + 1]["content"] if i + 1 < len(recent) else None
-            return message["content"].strip(), after
+            after = recent[i + 1].get("content") if i + 1 < len(recent) else None
+            return message["content"].strip()[:HISTORY_MESSAGE_CHARS], after
     return None, None
 
 

@@ -80,7 +80,9 @@ def load_snapshot(store: Store) -> Snapshot:
     if saved is not None and (saved.snapshot.vectors is not None) == local:
         if saved.freshness == freshness:
             return saved.snapshot
-        if saved.freshness[1] == freshness[1]:
+        # one of an empty store (read while a rebuild had emptied it) has nothing to
+        # reuse, and its vectors no width to add rows to
+        if saved.freshness[1] == freshness[1] and saved.snapshot.index.chunks:
             snapshot = _update(store, saved.snapshot)
             _save(path, Saved(FORMAT, freshness, snapshot))
             return snapshot

@@ -15,7 +15,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from rag.answer import stream_correction
-from rag.api_support import ApiError, in_threads, sse, stream_error
+from rag.api_support import MAX_QUESTION_CHARS, ApiError, in_threads, sse, stream_error
 from rag.config import Settings
 from rag.llm import BACKENDS
 from rag.records import Answer, Delta, Finished
@@ -31,7 +31,8 @@ class ChatMessageIn(BaseModel):
 
     def text(self) -> str:
         if isinstance(self.content, list):
-            return "".join(str(p.get("text", "")) for p in self.content if p.get("type") == "text")
+            parts = (p.get("text") for p in self.content if p.get("type") == "text")
+            return "".join(part for part in parts if isinstance(part, str))
         return self.content or ""
 
 
@@ -119,6 +120,9 @@ def conversation(messages: list[ChatMessageIn]) -> tuple[str, list[dict[str, str
     are the history (system messages are the client's, not ours: ignored)."""
     if messages[-1].role != "user" or not messages[-1].text().strip():
         raise ApiError(400, "the last message must be the user's question", "invalid_request")
+    if len(messages[-1].text()) > MAX_QUESTION_CHARS:
+        message = f"the question is longer than {MAX_QUESTION_CHARS} characters"
+        raise ApiError(422, message, "invalid_request")
     history = [
         {"role": m.role, "content": m.text()}
         for m in messages[:-1]

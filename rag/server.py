@@ -26,18 +26,21 @@ from pathlib import Path
 from typing import Any
 
 import anyio
-from fastapi import Depends, FastAPI, Query, Request
-from fastapi.responses import StreamingResponse
+from fastapi import FastAPI, Query, Request
+from fastapi.responses import HTMLResponse, StreamingResponse
 from pydantic import BaseModel, Field
 
 from rag.api_support import (
+    MAX_QUESTION_CHARS,
     ApiError,
+    ApiKeyGate,
     BodyLimit,
     GenerationQueue,
-    api_key_check,
+    InternalErrors,
     close_events,
     in_threads,
     install_error_handlers,
+    routes_page,
     sse,
     stream_error,
 )
@@ -62,9 +65,14 @@ from rag.records import Answer, Delta, Finished, Retrieved, UserError
 # -- requests ---------------------------------------------------------------------------
 
 
+class HistoryMessage(BaseModel):
+    role: str = Field(description="user or assistant (others are ignored)")
+    content: str
+
+
 class AskRequest(BaseModel):
-    question: str = Field(min_length=1, max_length=4000)
-    history: list[dict[str, str]] = Field(default_factory=list)
+    question: str = Field(min_length=1, max_length=MAX_QUESTION_CHARS)
+    history: list[HistoryMessage] = Field(default_factory=list)
     llm: str | None = None
     k: int | None = Field(default=None, ge=1, le=50)
     stream: bool = False
@@ -85,47 +93,50 @@ def create_app(engine: Engine, settings: Settings | None = None) -> FastAPI:
         title="rag",
         version="1",
         summary="Cited answers from your documents, offline. OpenAI-compatible and REST.",
+        # Swagger UI and ReDoc load their scripts from a CDN: blank pages offline
+        docs_url=None,
+        redoc_url=None,
     )
     app.state.engine, app.state.queue, app.state.ready = engine, queue, state
     install_error_handlers(app)
-    auth = [Depends(api_key_check(settings.api_key))]
 
     @app.get("/health", tags=["service"])
     def health() -> dict[str, Any]:
         """Liveness, without a key: `ready` once the models are loaded."""
         return {"status": "ok", "ready": state["ready"]}
 
-    @app.get("/status", dependencies=auth, tags=["service"])
+    @app.get("/status", tags=["service"])
     def status() -> dict[str, Any]:
         return {
             **engine.status(),
             "server": {"generating_or_waiting": queue.busy, "queue_capacity": queue.capacity},
         }
 
-    @app.get("/search", dependencies=auth, tags=["rest"])
+    @app.get("/search", tags=["rest"])
     def search(
-        q: str = Query(min_length=1, max_length=4000, description="the query"),
+        q: str = Query(min_length=1, max_length=MAX_QUESTION_CHARS, description="the query"),
         k: int | None = Query(default=None, ge=1, le=50),
     ) -> dict[str, Any]:
         """The passages that best match `q`, as `rag search --json` shows them."""
         return {"query": q, "hits": [h.as_row() for h in engine.search(q, k)]}
 
-    @app.post("/index", dependencies=auth, tags=["rest"])
+    @app.post("/index", tags=["rest"])
     def index(request: IndexRequest | None = None) -> dict[str, Any]:
         """Index the documents folder incrementally (`rag index`)."""
         return engine.index(rebuild=bool(request and request.rebuild), progress=False).as_dict()
 
-    @app.post("/ask", dependencies=auth, tags=["rest"])
+    @app.post("/ask", tags=["rest"])
     async def ask(request: AskRequest, http: Request) -> Any:
         """Answer with citations. JSON (`rag ask --json`), or with `"stream": true` (or
         `Accept: text/event-stream`) SSE events `evidence`, `delta`..., `final`."""
         llm = _backend_name(request.llm, settings)
-        events = _answer_events(engine, queue, request.question, request.history, llm, request.k)
+        history = [m.model_dump() for m in request.history]
+        events = _answer_events(engine, queue, request.question, history, llm, request.k)
         if request.stream or "text/event-stream" in http.headers.get("accept", ""):
             return StreamingResponse(_rest_sse(events), media_type="text/event-stream")
         return await anyio.to_thread.run_sync(_final_answer_dict, events)
 
-    @app.get("/v1/models", dependencies=auth, tags=["openai"])
+    @app.get("/v1/models", tags=["openai"])
     def models() -> dict[str, Any]:
         """`rag` answers with the server's default backend; `rag-<backend>` picks one.
         The last is the embedding model of POST /v1/embeddings."""
@@ -140,7 +151,7 @@ def create_app(engine: Engine, settings: Settings | None = None) -> FastAPI:
 
     embedding = threading.Lock()
 
-    @app.post("/v1/embeddings", dependencies=auth, tags=["openai"])
+    @app.post("/v1/embeddings", tags=["openai"])
     def embeddings(request: EmbeddingRequest) -> dict[str, Any]:
         """The embedding model's vectors (L2-normalized) of the texts exactly as sent:
         no e5 prefix is added, so clients send `query: ...` / `passage: ...` themselves
@@ -153,7 +164,7 @@ def create_app(engine: Engine, settings: Settings | None = None) -> FastAPI:
             vectors = engine.embedder.embed_raw(texts)
         return embedding_list(vectors, model, texts, request.encoding_format)
 
-    @app.post("/v1/chat/completions", dependencies=auth, tags=["openai"])
+    @app.post("/v1/chat/completions", tags=["openai"])
     async def chat_completions(request: ChatCompletionRequest) -> Any:
         question, history = conversation(request.messages)
         llm = backend_for_model(request.model, settings)
@@ -164,6 +175,14 @@ def create_app(engine: Engine, settings: Settings | None = None) -> FastAPI:
         answer = await anyio.to_thread.run_sync(_final_answer, events)
         return completion.whole(answer)
 
+    @app.get("/docs", include_in_schema=False)
+    def docs() -> HTMLResponse:
+        """The routes, read from the OpenAPI schema, as a page that needs no internet."""
+        return HTMLResponse(routes_page(app.openapi()))
+
+    # the last added runs first: the size limit, the key, then the app's own errors
+    app.add_middleware(InternalErrors)
+    app.add_middleware(ApiKeyGate, key=settings.api_key)
     app.add_middleware(BodyLimit, limit=settings.serve_max_body_kb * 1024)
     app.state.warm_up = lambda: _warm_up(engine, settings, state)
     return app
@@ -285,6 +304,8 @@ def check_exposure(settings: Settings, host: str) -> None:
 
 
 def bind(host: str, port: int) -> socket.socket:
+    if not 0 <= port <= 65535:
+        raise UserError(f"cannot listen on port {port}: a port is 0 to 65535 (0: any free one)")
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)

@@ -158,6 +158,31 @@ def test_rebuild_starts_from_scratch(docs: Path, make_settings, embedder) -> Non
     assert_consistent(settings)
 
 
+def test_a_snapshot_of_the_empty_store_is_built_anew_once_files_arrive(
+    docs: Path, make_settings, embedder
+) -> None:
+    # a search while a rebuild has emptied the collection saved a snapshot with no
+    # rows; updating it with the files indexed next must not fail on the vectors' width
+    from rag.keyword_cache import load_snapshot
+
+    settings = make_settings()
+    stash = docs.parent / "stash"
+    docs.rename(stash)
+    docs.mkdir()
+    run_index(settings, embedder)
+    store = Store(settings, embedder_identity(settings), create=False)
+    try:
+        assert load_snapshot(store).index.chunks == []
+        for path in stash.iterdir():
+            shutil.copy(path, docs / path.name)
+        run_index(settings, embedder)
+        snapshot = load_snapshot(store)
+        assert len(snapshot.index.chunks) == len(expected_ids(settings))
+        assert snapshot.vectors is not None and snapshot.vectors.shape[0] == len(snapshot.index.chunks)
+    finally:
+        store.close()
+
+
 def test_foreign_store_folder_is_refused(
     docs: Path, make_settings, embedder, tmp_path: Path
 ) -> None:

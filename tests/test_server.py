@@ -185,7 +185,29 @@ def test_off_topic_question_is_a_refusal_without_sources(server: Served) -> None
             404,
             "unknown model",
         ),
+        (
+            "POST",
+            "/v1/chat/completions",
+            {"messages": [{"role": "user", "content": [{"type": "text", "text": None}]}]},
+            400,
+            "last message",
+        ),
+        (
+            "POST",
+            "/v1/chat/completions",
+            {"messages": [{"role": "user", "content": "x" * 4001}]},
+            422,
+            "longer than 4000 characters",
+        ),
         ("POST", "/ask", {"question": "x", "llm": "gpt"}, 400, "unknown LLM backend"),
+        (
+            "POST",
+            "/ask",
+            {"question": "and why?", "history": [{"role": "user"}]},
+            422,
+            "history.0.content",
+        ),
+        ("POST", "/ask", "Dong Nai?".encode("utf-16"), 400, "not valid UTF-8 JSON"),
         ("POST", "/ask", {"question": "x" * 17_000}, 413, "larger than 16 KB"),
         ("GET", "/search", None, 422, "q"),
         ("GET", "/nowhere", None, 404, "no route GET /nowhere"),
@@ -202,6 +224,46 @@ def test_bad_requests_get_a_clear_json_error(
     assert response.status_code == status
     message = response.json()["error"]["message"]
     assert phrase in message and "Traceback" not in response.text
+
+
+def test_the_key_is_checked_first_and_guards_the_schema_and_its_page(server: Served) -> None:
+    # a bad body from a client without the key is refused for the key, not the body
+    response = server.http(key=None).post(
+        "/ask", content=b"{", headers={"Content-Type": "application/json"}
+    )
+    assert response.status_code == 401
+    for path in ("/openapi.json", "/docs"):
+        assert server.http(key=None).get(path).status_code == 401
+    page = server.http().get("/docs")
+    # a page of the routes that loads nothing from the internet
+    assert page.status_code == 200 and "/v1/chat/completions" in page.text
+    assert "http" not in page.text.replace(server.url, "")
+
+
+def test_an_internal_error_is_one_json_line_and_the_connection_stays_open(
+    seed_store: tuple[Path, Path],
+) -> None:
+    """An unexpected exception in a route: JSON 500, and the exception goes no further
+    (a catch-all exception handler runs in Starlette's outermost middleware, which
+    re-raises it after answering: uvicorn then dropped the keep-alive connection, and
+    the test client raises it)."""
+    from fastapi.testclient import TestClient
+
+    from rag.engine import Engine
+    from rag.server import create_app
+
+    store, docs = seed_store
+    engine = Engine(Settings.from_env(store_dir=store, docs_dir=docs))
+    engine.search = lambda *_args, **_kw: {}["broken"]  # type: ignore[method-assign]
+    client = TestClient(create_app(engine))
+    response = client.get("/search", params={"q": "x"})
+    assert response.status_code == 500
+    assert response.json()["error"] == {
+        "message": "internal error: 'broken'",
+        "type": "server_error",
+        "code": "internal_error",
+    }
+    assert client.get("/health").status_code == 200
 
 
 def test_streamed_oversized_body_is_refused(server: Served) -> None:
