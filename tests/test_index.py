@@ -178,7 +178,8 @@ def test_a_snapshot_of_the_empty_store_is_built_anew_once_files_arrive(
         run_index(settings, embedder)
         snapshot = load_snapshot(store)
         assert len(snapshot.index.chunks) == len(expected_ids(settings))
-        assert snapshot.vectors is not None and snapshot.vectors.shape[0] == len(snapshot.index.chunks)
+        assert snapshot.vectors is not None
+        assert snapshot.vectors.shape[0] == len(snapshot.index.chunks)
     finally:
         store.close()
 

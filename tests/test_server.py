@@ -207,7 +207,7 @@ def test_off_topic_question_is_a_refusal_without_sources(server: Served) -> None
             422,
             "history.0.content",
         ),
-        ("POST", "/ask", "Dong Nai?".encode("utf-16"), 400, "not valid UTF-8 JSON"),
+        ("POST", "/ask", b'{"question": "Dong Nai \xff"}', 400, "not valid UTF-8 JSON"),
         ("POST", "/ask", {"question": "x" * 17_000}, 413, "larger than 16 KB"),
         ("GET", "/search", None, 422, "q"),
         ("GET", "/nowhere", None, 404, "no route GET /nowhere"),
