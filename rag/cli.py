@@ -27,6 +27,34 @@ def _settings(args: argparse.Namespace) -> Settings:
     )
 
 
+def _passages(raw: str) -> int:
+    """-k: a number of passages, at least 1 (0 would find nothing, silently)."""
+    try:
+        value = int(raw)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{raw!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} passages find nothing: use 1 or more")
+    return value
+
+
+def _decodable(text: str) -> str:
+    """Text from the command line or a terminal with bytes that were not UTF-8 (Python
+    keeps them as lone surrogates, which no encoder takes): each becomes U+FFFD."""
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+
+
+def _writable(path: Path | None, what: str) -> None:
+    """Checked before the models load: a report that cannot be written after a long
+    run loses the run."""
+    if path is None:
+        return
+    if path.is_dir():
+        raise UserError(f"{what} {path} is a folder; give a file name")
+    if not path.parent.is_dir():
+        raise UserError(f"{what} {path}: the folder {path.parent} does not exist")
+
+
 def _engine(args: argparse.Namespace) -> Any:
     from rag.engine import Engine
 
@@ -198,10 +226,12 @@ def cmd_chat(args: argparse.Namespace) -> int:
         threading.Thread(
             target=_prime_quietly, args=(answerer.engine, args.llm), daemon=True
         ).start()
+    with contextlib.suppress(AttributeError, ValueError):  # not a text stream: leave it
+        sys.stdin.reconfigure(errors="surrogateescape")  # type: ignore[union-attr]
     print("Ask about your documents (empty line or Ctrl-D to quit).")
     while True:
         try:
-            question = input("\n> ").strip()
+            question = _decodable(input("\n> ")).strip()
         except EOFError:
             return 0
         if not question:
@@ -259,6 +289,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     thresholds = evaluate.parse_thresholds(args.min or [])
     cases = evaluate.load_golden(args.file)
     baseline = evaluate.load_report(args.baseline) if args.baseline else None
+    _writable(args.report, "--report")
+    _writable(args.junit, "--junit")
     engine = _engine(args)
 
     def progress(done: int, total: int, result: evaluate.CaseResult) -> None:
@@ -316,7 +348,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("search", cmd_search, "Show the passages that best match a query.")
     p.add_argument("query")
     store_arg(p)
-    p.add_argument("-k", type=int, help="number of passages (RAG_TOP_K, default 5)")
+    p.add_argument("-k", type=_passages, help="number of passages (RAG_TOP_K, default 5)")
     for name, func, about in (
         ("ask", cmd_ask, "Answer a question with cited sources (streamed)."),
         ("chat", cmd_chat, "A conversation in the terminal, with follow-up questions."),
@@ -326,7 +358,7 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("question")
         store_arg(p)
         p.add_argument("--llm", choices=["local", "openai", "none"], help="RAG_LLM, default local")
-        p.add_argument("-k", type=int, help="number of passages (RAG_TOP_K, default 5)")
+        p.add_argument("-k", type=_passages, help="number of passages (RAG_TOP_K, default 5)")
     p = command("watch", cmd_watch, "Watch the documents folder and index changes as they come.")
     p.add_argument("--docs", type=Path, help="documents folder (RAG_DOCS, default seeds/)")
     store_arg(p)
@@ -342,7 +374,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("file", type=Path, help="golden file, e.g. tests/qa/golden.jsonl")
     store_arg(p)
     p.add_argument("--llm", choices=["local", "openai", "none"], help="RAG_LLM, default local")
-    p.add_argument("-k", type=int, help="number of passages (RAG_TOP_K, default 5)")
+    p.add_argument("-k", type=_passages, help="number of passages (RAG_TOP_K, default 5)")
     p.add_argument("--report", type=Path, help="write the full JSON report here")
     p.add_argument("--junit", type=Path, help="write JUnit XML here")
     p.add_argument("--baseline", type=Path, help="compare with an earlier --report file")
@@ -358,6 +390,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    for name in ("question", "query"):
+        if isinstance(getattr(args, name, None), str):
+            setattr(args, name, _decodable(getattr(args, name)))
     try:
         return int(args.func(args))
     except (UserError, ConfigError) as exc:

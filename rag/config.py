@@ -5,6 +5,7 @@ Every setting is documented in the README's configuration table; keep the two in
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
@@ -140,7 +141,19 @@ class Settings:
             values["followup_rewrite"] = _choice(
                 "followup_rewrite", str(values["followup_rewrite"]), FOLLOWUP_REWRITE
             )
-        return replace(base, **values)  # type: ignore[arg-type]
+        if "llm" in values:
+            values["llm"] = str(values["llm"]).strip().lower()
+        if "answer_language" in values:
+            values["answer_language"] = _answer_language(str(values["answer_language"]))
+        for name, value in values.items():
+            _check_limits(name, value)
+        settings = replace(base, **values)  # type: ignore[arg-type]
+        if settings.chunk_overlap >= settings.chunk_tokens:
+            raise ConfigError(
+                f"RAG_CHUNK_OVERLAP={settings.chunk_overlap} must be less than "
+                f"RAG_CHUNK_TOKENS={settings.chunk_tokens}"
+            )
+        return settings
 
     @property
     def max_file_bytes(self) -> int:
@@ -183,6 +196,51 @@ def _refusal_threshold(raw: object) -> float | str:
         raise ConfigError(
             f"RAG_REFUSAL_THRESHOLD={raw!r} must be a number (0 turns the gate off) or 'auto'"
         ) from None
+
+
+# The lowest and highest value each numeric setting may take (None: no bound).
+_LIMITS: dict[str, tuple[float, float | None]] = {
+    "embed_batch": (1, None),
+    "embed_server_batch": (1, None),
+    "embed_server_concurrency": (1, None),
+    "embed_server_timeout": (0.1, None),
+    "chunk_tokens": (16, None),
+    "chunk_overlap": (0, None),
+    "max_file_mb": (0.01, None),
+    "top_k": (1, None),
+    "llm_threads": (1, None),
+    "llm_context": (512, None),
+    "llm_max_tokens": (1, None),
+    "first_token_target": (0.1, None),
+    "refusal_threshold": (0, 1),
+    "history_turns": (0, None),
+    "lock_wait": (0, None),
+    "chroma_lease": (1, None),
+    "serve_port": (0, 65535),
+    "serve_max_body_kb": (1, None),
+    "serve_queue": (0, None),
+}
+
+
+def _check_limits(name: str, value: object) -> None:
+    """A number out of its setting's range is a clear error, not a silent misbehaviour
+    (a threshold of 5 refuses every question, a top_k of 0 finds nothing)."""
+    if name not in _LIMITS or isinstance(value, str | bool) or not isinstance(value, int | float):
+        return
+    low, high = _LIMITS[name]
+    if not math.isfinite(value) or value < low or (high is not None and value > high):
+        bounds = f"from {low:g} to {high:g}" if high is not None else f"at least {low:g}"
+        raise ConfigError(f"{env_name(name)}={value!r} is out of range: it must be {bounds}")
+
+
+def _answer_language(raw: str) -> str:
+    from rag.languages import LANGUAGES
+
+    value = raw.strip().lower()
+    if value == "auto" or value in LANGUAGES:
+        return value
+    codes = ", ".join(sorted(LANGUAGES))
+    raise ConfigError(f"RAG_ANSWER_LANGUAGE={raw!r} must be 'auto' or one of: {codes}")
 
 
 def _coerce(default: object, raw: str, name: str) -> object:

@@ -69,7 +69,7 @@ class Plan:
 
 def previous_turn(history: Sequence[dict[str, str]], turns: int) -> tuple[str | None, str | None]:
     """The last user question of the (bounded) history and the answer that followed."""
-    recent = list(history)[-2 * turns :]
+    recent = list(history)[-2 * turns :] if turns > 0 else []  # 0: no history
     for i in range(len(recent) - 1, -1, -1):
         message = recent[i]
         if message.get("role") == "user" and message.get("content", "").strip():

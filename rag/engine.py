@@ -159,9 +159,7 @@ class Engine:
         """Hybrid (dense + BM25) hits; pass `query_vector` to reuse the query's embedding."""
         # The plain HybridRetriever, not rag.components.HybridNodeRetriever (which wraps
         # this method): importing llama-index costs a cold `rag search` ~1.7 s.
-        query = query.strip()
-        if not query:
-            raise UserError("the question is empty")
+        query = checked_question(query)
         store = self.store()
         retriever = HybridRetriever(store, self.embedder, keyword_index_for(store))
         return retriever.search(query, k or self.settings.top_k, query_vector)
@@ -184,9 +182,7 @@ class Engine:
         """Retrieved first (evidence), then Delta texts as they come, then Finished.
 
         The stages of rag.stages, in order, on one Turn record (see `stages`)."""
-        question = question.strip()
-        if not question:
-            raise UserError("the question is empty")
+        question = checked_question(question)
         name = llm or self.settings.llm
         turn = Turn(question, history or [], name, self.backend(name), k, language)
         stages = self.stages
@@ -256,3 +252,14 @@ def _ms(since: float) -> float:
 
 def _iso(timestamp: float) -> str:
     return datetime.fromtimestamp(timestamp, UTC).isoformat(timespec="seconds")
+
+
+def checked_question(text: str) -> str:
+    """The question stripped; a UserError for one with nothing to search for (empty, or
+    only punctuation or emoji, which would be answered from whatever ranks first)."""
+    question = text.strip()
+    if not question:
+        raise UserError("the question is empty")
+    if not any(character.isalnum() for character in question):
+        raise UserError("the question has no words or numbers to search for")
+    return question

@@ -52,6 +52,8 @@ def test_folder_variables_have_short_names() -> None:
          "RAG_LLM_REPACK='fast' must be one of: auto, on, off"),
         ("followup_rewrite", "rules", "LLM", "llm", "model",
          "RAG_FOLLOWUP_REWRITE='model' must be one of"),
+        ("answer_language", "auto", "DE", "de", "xx",
+         "RAG_ANSWER_LANGUAGE='xx' must be 'auto' or one of: da, de, en"),
     ],
 )  # fmt: skip
 def test_a_choice_setting_takes_one_of_its_words_in_any_case(
@@ -69,3 +71,38 @@ def test_a_choice_setting_takes_one_of_its_words_in_any_case(
     monkeypatch.setenv(env_name(field), bad)
     with pytest.raises(ConfigError, match=message):
         Settings.from_env()
+
+
+def test_a_backend_name_is_read_in_any_case(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RAG_LLM", "NONE")
+    assert Settings.from_env().llm == "none"
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "message"),
+    [
+        ("RAG_TOP_K", "0", "RAG_TOP_K=0 is out of range: it must be at least 1"),
+        ("RAG_REFUSAL_THRESHOLD", "5", "RAG_REFUSAL_THRESHOLD=5.0 is out of range: it must be"),
+        ("RAG_REFUSAL_THRESHOLD", "nan", "RAG_REFUSAL_THRESHOLD=nan is out of range"),
+        ("RAG_MAX_FILE_MB", "-1", "RAG_MAX_FILE_MB=-1.0 is out of range: it must be at least 0.01"),
+        ("RAG_CHUNK_TOKENS", "0", "RAG_CHUNK_TOKENS=0 is out of range"),
+        ("RAG_HISTORY_TURNS", "-2", "RAG_HISTORY_TURNS=-2 is out of range: it must be at least 0"),
+        ("RAG_SERVE_PORT", "70000", "RAG_SERVE_PORT=70000 is out of range: it must be from 0"),
+        ("RAG_EMBED_SERVER_TIMEOUT", "-1", "RAG_EMBED_SERVER_TIMEOUT=-1.0 is out of range"),
+        ("RAG_CHUNK_OVERLAP", "200", "RAG_CHUNK_OVERLAP=200 must be less than RAG_CHUNK_TOKENS"),
+    ],
+)  # fmt: skip
+def test_a_number_out_of_its_range_is_refused_naming_the_range(
+    monkeypatch: pytest.MonkeyPatch, variable: str, value: str, message: str
+) -> None:
+    # a threshold of 5 would refuse every question, a top_k of 0 find nothing: silently
+    monkeypatch.setenv(variable, value)
+    with pytest.raises(ConfigError) as error:
+        Settings.from_env()
+    assert str(error.value).startswith(message)
+
+
+def test_the_range_is_checked_on_explicit_values_too() -> None:
+    with pytest.raises(ConfigError, match="RAG_REFUSAL_THRESHOLD=-0.5 is out of range"):
+        Settings.from_env(refusal_threshold=-0.5)
+    assert Settings.from_env(refusal_threshold=0).refusal_threshold == 0.0  # the gate off

@@ -136,6 +136,8 @@ def test_the_follow_up_keeps_the_conversation_language() -> None:
 def test_previous_turn_is_the_last_user_question_and_its_answer() -> None:
     assert previous_turn(HISTORY, 6) == (HISTORY[0]["content"], HISTORY[1]["content"])
     assert previous_turn([], 6) == (None, None)
+    # RAG_HISTORY_TURNS=0: no history (a slice [-0:] would have kept all of it)
+    assert previous_turn(HISTORY, 0) == (None, None)
 
 
 def test_a_fixed_answer_language_keeps_the_language_the_question_is_asked_in() -> None:

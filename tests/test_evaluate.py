@@ -209,6 +209,8 @@ def with_changes(**changes: Any) -> str:
         (with_changes(lang="xx"), 'unknown lang "xx"'),
         (with_changes(answerable=False), '"answerable": false but "expected_sources"'),
         (with_changes(expected_sources=[]), '"answerable": true needs at least one file'),
+        (with_changes(must_contain_any=[]), '"answerable": true needs at least one fact'),
+        (with_changes(must_not_contain=[" "]), '"must_not_contain" holds an empty string'),
         (with_changes(id="x-1"), "duplicate id 'x-1' (first on line 1)"),
     ],
 )

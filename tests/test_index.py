@@ -293,6 +293,30 @@ def test_cli_index_search_status_json(docs: Path, tmp_path: Path) -> None:
     status = json.loads(out)
     assert status["files"] == 5 and status["chunks"] == report["chunks"]
     assert status["last_indexed"]
+    # bytes that are not UTF-8 in the question (a Latin-1 terminal): searched, not a crash
+    raw = subprocess.run(
+        [sys.executable, "-m", "rag.cli", "search", b"Dong Nai \xff", "-k", "1", "--json"],
+        env=env, cwd=ROOT, capture_output=True, timeout=600,
+    )  # fmt: skip
+    assert raw.returncode == 0 and json.loads(raw.stdout)[0]["rank"] == 1, raw.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("search", "?!"), "error: the question has no words or numbers to search for"),
+        (("ask", "🤔🔥", "--llm", "none"), "error: the question has no words or numbers"),
+        (("search", "Dong Nai", "-k", "0"), "argument -k: 0 passages find nothing"),
+        (("eval", "tests/qa/golden.jsonl", "--report", "/nonexistent/r.json"),
+         "error: --report /nonexistent/r.json: the folder /nonexistent does not exist"),
+    ],
+)  # fmt: skip
+def test_cli_refuses_what_would_find_nothing_before_any_work(
+    tmp_path: Path, args: tuple[str, ...], message: str
+) -> None:
+    env = {**os.environ, "RAG_STORE": str(tmp_path / "empty-store"), "RAG_SERVER": "off"}
+    out, err = _cli(*args, env=env).communicate(timeout=300)
+    assert out == "" and message in err and "Traceback" not in err
 
 
 def test_cli_errors_are_one_line(tmp_path: Path) -> None:

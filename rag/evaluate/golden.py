@@ -167,3 +167,8 @@ def _check_values(data: dict[str, Any]) -> None:
         raise _Malformed('"answerable": false but "expected_sources" is not empty')
     if data["answerable"] and not data["expected_sources"]:
         raise _Malformed('"answerable": true needs at least one file in "expected_sources"')
+    if data["answerable"] and not data["must_contain_any"]:
+        raise _Malformed('"answerable": true needs at least one fact in "must_contain_any"')
+    for key in ("must_contain_any", "must_contain_all", "must_not_contain"):
+        if any(not text.strip() for text in data.get(key, ())):
+            raise _Malformed(f'"{key}" holds an empty string, which every answer contains')
