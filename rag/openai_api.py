@@ -175,7 +175,8 @@ async def openai_sse(completion: Completion, events: Iterator[Any]) -> AsyncIter
 
 
 def footnotes(answer: Answer) -> str:
-    """The cited sources as a markdown list after the answer, one per `[n]`."""
+    """The cited quotes as a markdown list after the answer, one line each: a source
+    quoted twice has two lines with its `[n]`."""
     if answer.refused or not answer.citations:
         return ""
     lines = []
