@@ -359,14 +359,7 @@ def _extract_html(markup: str) -> _Extracted:
         soup = BeautifulSoup(markup, "lxml")
         url, title = _html_url(soup), _html_title(soup)
         _drop_page_furniture(soup)
-        for tag in soup.find_all(_HTML_BLOCKS):
-            tag.insert_before(_BLOCK_BREAK)
-            tag.insert_after(_BLOCK_BREAK)
-        for tag in soup.find_all("br"):
-            tag.replace_with(_BLOCK_BREAK)
-        for tag in soup.find_all(_HTML_HEADINGS):
-            tag.insert(0, _HEADING_MARK + tag.name[1])  # "\x012": the level, for the path
-        text = soup.get_text()
+        text = _html_text(soup)
     except Exception as exc:  # lxml copes with almost anything; be safe anyway
         raise IngestError(f"unreadable HTML ({one_line(exc, REASON_CHARS)})") from exc
     located, sections = Lines(), Sections(numbered=False)
@@ -381,6 +374,37 @@ def _extract_html(markup: str) -> _Extracted:
 
 _HTML_HEADINGS = ("h1", "h2", "h3", "h4", "h5", "h6")
 _HEADING_MARK = "\x01"  # a control character: decode_text removed any the page had
+
+
+def _html_text(soup: Any) -> str:
+    """soup.get_text(), with _BLOCK_BREAK around each block and for each <br>, and each
+    heading's text begun by _HEADING_MARK and its level (for the heading path).
+
+    The tree is walked with a stack of its own and left as it is: inserting a string
+    next to a tag costs bs4 a walk over all the tag holds (quadratic on a page nested
+    thousands deep), and recursion would overflow Python's stack there."""
+    from bs4 import NavigableString
+
+    wanted = soup.interesting_string_types  # get_text's: no comments, no scripts
+    parts: list[str] = []
+    pending: list[Any] = list(reversed(soup.contents))
+    while pending:
+        node = pending.pop()
+        if type(node) is str:  # a block's closing break, pushed below
+            parts.append(node)
+        elif isinstance(node, NavigableString):
+            if type(node) in wanted:
+                parts.append(node)
+        elif node.name == "br":
+            parts.append(_BLOCK_BREAK)
+        else:
+            if node.name in _HTML_BLOCKS:
+                parts.append(_BLOCK_BREAK)
+                pending.append(_BLOCK_BREAK)  # popped once the block's content is out
+            if node.name in _HTML_HEADINGS:
+                parts.append(_HEADING_MARK + node.name[1])
+            pending.extend(reversed(node.contents))
+    return "".join(parts)
 
 
 def _heading_mark(line: str) -> tuple[str, int | None]:
