@@ -415,17 +415,46 @@ def _heading_mark(line: str) -> tuple[str, int | None]:
 
 
 def _drop_page_furniture(soup: Any) -> None:
-    for tag in soup.find_all(_HTML_DROPPED + _HTML_DROPPED_ALSO):
-        if not tag.decomposed and not _holds_the_article(tag):  # inside one dropped before
-            tag.decompose()
+    """Remove the tags of _HTML_DROPPED and _HTML_DROPPED_ALSO that do not hold the
+    article, walking down from the top with a stack that knows whether it is inside an
+    <article>: asking each tag for its parents or its content would walk the tree once
+    a tag, quadratic on a page nested thousands deep."""
+    from bs4 import Tag
+
+    holders = _article_holders(soup)
+    pending: list[tuple[Any, bool]] = [(soup, False)]  # a tag; is it or an ancestor an <article>?
+    while pending:
+        tag, in_article = pending.pop()
+        for child in [node for node in tag.contents if isinstance(node, Tag)]:
+            if child.name in _HTML_FURNITURE and not _holds_the_article(
+                child, in_article, id(child) in holders
+            ):
+                child.decompose()
+            else:
+                pending.append((child, in_article or child.name == "article"))
 
 
-def _holds_the_article(tag: Any) -> bool:
+_HTML_FURNITURE = frozenset(_HTML_DROPPED + _HTML_DROPPED_ALSO)
+
+
+def _article_holders(soup: Any) -> set[int]:
+    """The id() of every tag with an <article> or <main> inside (bs4 hashes a tag by
+    its whole markup, so the tags themselves would be slow keys)."""
+    holders: set[int] = set()
+    for found in soup.find_all(("article", "main")):
+        parent = found.parent
+        while parent is not None and id(parent) not in holders:  # each tag marked once
+            holders.add(id(parent))
+            parent = parent.parent
+    return holders
+
+
+def _holds_the_article(tag: Any, in_article: bool, holds_one: bool) -> bool:
     # An article's own <header> holds its headline, not site navigation; and some sites
     # (ASP.NET) wrap the whole page, article included, in one <form>.
-    if tag.name in ("header", "footer") and tag.find_parent("article"):
+    if tag.name in ("header", "footer") and in_article:
         return True
-    return tag.name in ("form", "header", "footer") and tag.find(("article", "main")) is not None
+    return tag.name in ("form", "header", "footer") and holds_one
 
 
 def _html_url(soup: Any) -> str | None:

@@ -236,6 +236,11 @@ def test_html_og_url_and_declared_charset(tmp_path: Path) -> None:
 DEEP = 20_000  # levels: the old extractor took minutes on 50,000 (quadratic in depth)
 DEEP_PAGES = {
     "divs": "<div>" * DEEP + "The breakwater was rebuilt in 1987." + "</div>" * DEEP,
+    "headers in an article": "<article>"
+    + "<header>" * DEEP
+    + "The breakwater was rebuilt in 1987."
+    + "</header>" * DEEP
+    + "</article>",
 }
 
 
