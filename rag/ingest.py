@@ -19,7 +19,7 @@ from typing import Any
 from rag.cleaning import clean_text
 from rag.config import OCR_IMAGE_EXTENSIONS, SUPPORTED_EXTENSIONS
 from rag.decoding import declared_charset, decode_text
-from rag.formats import FORMAT_READERS, read_format
+from rag.formats import FORMAT_READERS, open_zip, read_format
 from rag.language import detect_language
 from rag.locations import Extracted, Lines, Sections, join_pages, markdown_locations
 from rag.ocr import OcrOptions, ocr_image, ocr_textless_pages
@@ -297,16 +297,37 @@ def _opens_without_password(reader: Any) -> bool:
 def _extract_docx(raw: bytes) -> _Extracted:
     import docx
 
+    open_zip(raw, ".docx").close()  # password, renamed .doc, ZIP bomb: as for .pptx/.xlsx
     located, sections = Lines(), Sections(numbered=True)
     try:
         for text, level in _docx_blocks(docx.Document(io.BytesIO(raw))):
             where = sections.heading(level, text) if level else sections.paragraph(text)
             located.add(text, where)
     except Exception as exc:  # zipfile, lxml and python-docx errors alike
-        raise IngestError(f"corrupt .docx file ({one_line(exc, REASON_CHARS)})") from exc
+        raise IngestError(f"corrupt .docx file ({_docx_damage(raw)})") from exc
     if not located.has_text():
         raise IngestError("document has no text")
     return located.extracted()
+
+
+# The content type python-docx requires of the main part (a .docm or .dotx is refused).
+_WORD_MAIN_TYPE = (
+    b"application/vnd.openxmlformats-officedocument.wordprocessingml.document.main+xml"
+)
+
+
+def _docx_damage(raw: bytes) -> str:
+    """What is wrong with a .docx python-docx could not read, in a reader's words: the
+    parsers' own messages name their internals ("'_Element' object has no attribute
+    'overrides'")."""
+    with open_zip(raw, ".docx") as archive:
+        try:
+            types = archive.read("[Content_Types].xml")
+        except KeyError:
+            types = b""
+        except Exception:  # zipfile and zlib errors on a damaged member
+            return "damaged ZIP container"
+    return "damaged Word document" if _WORD_MAIN_TYPE in types else "not a Word document"
 
 
 def _docx_blocks(document: Any) -> Iterator[tuple[str, int | None]]:
