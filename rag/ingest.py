@@ -19,7 +19,7 @@ from typing import Any
 from rag.cleaning import clean_text
 from rag.config import OCR_IMAGE_EXTENSIONS, SUPPORTED_EXTENSIONS
 from rag.decoding import declared_charset, decode_text
-from rag.formats import FORMAT_READERS, read_format
+from rag.formats import FORMAT_READERS, open_zip, read_format
 from rag.language import detect_language
 from rag.locations import Extracted, Lines, Sections, join_pages, markdown_locations
 from rag.ocr import OcrOptions, ocr_image, ocr_textless_pages
@@ -297,16 +297,37 @@ def _opens_without_password(reader: Any) -> bool:
 def _extract_docx(raw: bytes) -> _Extracted:
     import docx
 
+    open_zip(raw, ".docx").close()  # password, renamed .doc, ZIP bomb: as for .pptx/.xlsx
     located, sections = Lines(), Sections(numbered=True)
     try:
         for text, level in _docx_blocks(docx.Document(io.BytesIO(raw))):
             where = sections.heading(level, text) if level else sections.paragraph(text)
             located.add(text, where)
     except Exception as exc:  # zipfile, lxml and python-docx errors alike
-        raise IngestError(f"corrupt .docx file ({one_line(exc, REASON_CHARS)})") from exc
+        raise IngestError(f"corrupt .docx file ({_docx_damage(raw)})") from exc
     if not located.has_text():
         raise IngestError("document has no text")
     return located.extracted()
+
+
+# The content type python-docx requires of the main part (a .docm or .dotx is refused).
+_WORD_MAIN_TYPE = (
+    b"application/vnd.openxmlformats-officedocument.wordprocessingml.document.main+xml"
+)
+
+
+def _docx_damage(raw: bytes) -> str:
+    """What is wrong with a .docx python-docx could not read, in a reader's words: the
+    parsers' own messages name their internals ("'_Element' object has no attribute
+    'overrides'")."""
+    with open_zip(raw, ".docx") as archive:
+        try:
+            types = archive.read("[Content_Types].xml")
+        except KeyError:
+            types = b""
+        except Exception:  # zipfile and zlib errors on a damaged member
+            return "damaged ZIP container"
+    return "damaged Word document" if _WORD_MAIN_TYPE in types else "not a Word document"
 
 
 def _docx_blocks(document: Any) -> Iterator[tuple[str, int | None]]:
@@ -359,14 +380,7 @@ def _extract_html(markup: str) -> _Extracted:
         soup = BeautifulSoup(markup, "lxml")
         url, title = _html_url(soup), _html_title(soup)
         _drop_page_furniture(soup)
-        for tag in soup.find_all(_HTML_BLOCKS):
-            tag.insert_before(_BLOCK_BREAK)
-            tag.insert_after(_BLOCK_BREAK)
-        for tag in soup.find_all("br"):
-            tag.replace_with(_BLOCK_BREAK)
-        for tag in soup.find_all(_HTML_HEADINGS):
-            tag.insert(0, _HEADING_MARK + tag.name[1])  # "\x012": the level, for the path
-        text = soup.get_text()
+        text = _html_text(soup)
     except Exception as exc:  # lxml copes with almost anything; be safe anyway
         raise IngestError(f"unreadable HTML ({one_line(exc, REASON_CHARS)})") from exc
     located, sections = Lines(), Sections(numbered=False)
@@ -383,6 +397,37 @@ _HTML_HEADINGS = ("h1", "h2", "h3", "h4", "h5", "h6")
 _HEADING_MARK = "\x01"  # a control character: decode_text removed any the page had
 
 
+def _html_text(soup: Any) -> str:
+    """soup.get_text(), with _BLOCK_BREAK around each block and for each <br>, and each
+    heading's text begun by _HEADING_MARK and its level (for the heading path).
+
+    The tree is walked with a stack of its own and left as it is: inserting a string
+    next to a tag costs bs4 a walk over all the tag holds (quadratic on a page nested
+    thousands deep), and recursion would overflow Python's stack there."""
+    from bs4 import NavigableString
+
+    wanted = soup.interesting_string_types  # get_text's: no comments, no scripts
+    parts: list[str] = []
+    pending: list[Any] = list(reversed(soup.contents))
+    while pending:
+        node = pending.pop()
+        if type(node) is str:  # a block's closing break, pushed below
+            parts.append(node)
+        elif isinstance(node, NavigableString):
+            if type(node) in wanted:
+                parts.append(node)
+        elif node.name == "br":
+            parts.append(_BLOCK_BREAK)
+        else:
+            if node.name in _HTML_BLOCKS:
+                parts.append(_BLOCK_BREAK)
+                pending.append(_BLOCK_BREAK)  # popped once the block's content is out
+            if node.name in _HTML_HEADINGS:
+                parts.append(_HEADING_MARK + node.name[1])
+            pending.extend(reversed(node.contents))
+    return "".join(parts)
+
+
 def _heading_mark(line: str) -> tuple[str, int | None]:
     """The line without its heading mark, and the heading level the mark gave."""
     if line.startswith(_HEADING_MARK) and line[1:2].isdigit():
@@ -391,17 +436,46 @@ def _heading_mark(line: str) -> tuple[str, int | None]:
 
 
 def _drop_page_furniture(soup: Any) -> None:
-    for tag in soup.find_all(_HTML_DROPPED + _HTML_DROPPED_ALSO):
-        if not tag.decomposed and not _holds_the_article(tag):  # inside one dropped before
-            tag.decompose()
+    """Remove the tags of _HTML_DROPPED and _HTML_DROPPED_ALSO that do not hold the
+    article, walking down from the top with a stack that knows whether it is inside an
+    <article>: asking each tag for its parents or its content would walk the tree once
+    a tag, quadratic on a page nested thousands deep."""
+    from bs4 import Tag
+
+    holders = _article_holders(soup)
+    pending: list[tuple[Any, bool]] = [(soup, False)]  # a tag; is it or an ancestor an <article>?
+    while pending:
+        tag, in_article = pending.pop()
+        for child in [node for node in tag.contents if isinstance(node, Tag)]:
+            if child.name in _HTML_FURNITURE and not _holds_the_article(
+                child, in_article, id(child) in holders
+            ):
+                child.decompose()
+            else:
+                pending.append((child, in_article or child.name == "article"))
 
 
-def _holds_the_article(tag: Any) -> bool:
+_HTML_FURNITURE = frozenset(_HTML_DROPPED + _HTML_DROPPED_ALSO)
+
+
+def _article_holders(soup: Any) -> set[int]:
+    """The id() of every tag with an <article> or <main> inside (bs4 hashes a tag by
+    its whole markup, so the tags themselves would be slow keys)."""
+    holders: set[int] = set()
+    for found in soup.find_all(("article", "main")):
+        parent = found.parent
+        while parent is not None and id(parent) not in holders:  # each tag marked once
+            holders.add(id(parent))
+            parent = parent.parent
+    return holders
+
+
+def _holds_the_article(tag: Any, in_article: bool, holds_one: bool) -> bool:
     # An article's own <header> holds its headline, not site navigation; and some sites
     # (ASP.NET) wrap the whole page, article included, in one <form>.
-    if tag.name in ("header", "footer") and tag.find_parent("article"):
+    if tag.name in ("header", "footer") and in_article:
         return True
-    return tag.name in ("form", "header", "footer") and tag.find(("article", "main")) is not None
+    return tag.name in ("form", "header", "footer") and holds_one
 
 
 def _html_url(soup: Any) -> str | None:

@@ -8,6 +8,7 @@ import io
 import os
 import random
 import shutil
+import time
 from pathlib import Path
 
 import pytest
@@ -230,6 +231,26 @@ def test_html_og_url_and_declared_charset(tmp_path: Path) -> None:
     assert doc.url == "https://example.org/ru"
     assert doc.text == "Резолюция\nКогда приняли резолюцию о науке?"
     assert doc.title == "Резолюция"
+
+
+DEEP = 20_000  # levels: the old extractor took minutes on 50,000 (quadratic in depth)
+DEEP_PAGES = {
+    "divs": "<div>" * DEEP + "The breakwater was rebuilt in 1987." + "</div>" * DEEP,
+    "headers in an article": "<article>"
+    + "<header>" * DEEP
+    + "The breakwater was rebuilt in 1987."
+    + "</header>" * DEEP
+    + "</article>",
+}
+
+
+@pytest.mark.parametrize("name", sorted(DEEP_PAGES))
+def test_deeply_nested_html_is_read_quickly(name: str, tmp_path: Path) -> None:
+    (tmp_path / "deep.html").write_text(DEEP_PAGES[name])
+    started = time.perf_counter()
+    doc = read_document(tmp_path / "deep.html", tmp_path, LIMIT)
+    assert time.perf_counter() - started < 10  # about a second; quadratic took minutes
+    assert doc.text == "The breakwater was rebuilt in 1987."
 
 
 def test_markdown() -> None:
