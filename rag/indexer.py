@@ -21,13 +21,20 @@ import numpy as np
 
 from rag.chunking import chunk_document
 from rag.config import Settings
-from rag.files import FileLock, file_sha256
+from rag.files import file_sha256
 from rag.ingest import IngestError, read_document, scan_folder
 from rag.models import embedder_identity, load_embedder
 from rag.ocr import OcrOptions
 from rag.records import Chunk, Document, Skipped, UserError
 from rag.server_manifest import Lease, server_lease
-from rag.store import INDEX_LOCK_NAME, Store, StoreError, connect_server, remove_store
+from rag.store import (
+    INDEX_LOCK_NAME,
+    Store,
+    StoreError,
+    connect_server,
+    remove_store,
+    store_file_lock,
+)
 
 # Chunks embedded and written per group: big enough to keep the embedder busy, small
 # enough that a killed run loses little work.
@@ -63,7 +70,14 @@ def store_lock(store_dir: Path, wait_seconds: float = 120.0) -> Iterator[None]:
         print(f"waiting for another indexer on {store_dir} ...", file=sys.stderr)
 
     # A whole indexing run holds it: trying 5 times a second is plenty.
-    lock = FileLock(store_dir / INDEX_LOCK_NAME, wait_seconds, _another_indexer, 0.2, announce)
+    lock = store_file_lock(
+        store_dir,
+        INDEX_LOCK_NAME,
+        wait_seconds,
+        _another_indexer,
+        poll_seconds=0.2,
+        on_first_wait=announce,
+    )
     try:
         with lock:
             yield

@@ -21,7 +21,7 @@ from urllib.parse import urlparse
 import numpy as np
 
 from rag.config import Settings
-from rag.files import FileLock, file_identity
+from rag.files import LOCK_POLL_SECONDS, FileLock, file_identity
 from rag.manifest import MANIFEST_FILES, MANIFEST_NAME, FileRecord, Manifest, StoreError
 from rag.records import Chunk, UserError, one_line
 from rag.server_manifest import ServerManifest, manifest_name
@@ -76,7 +76,7 @@ def _connect(settings: Settings) -> _Connection:
     if settings.chroma_url:
         return _connect_server(settings.chroma_url)
     path = settings.store_dir / CHROMA_DIR_NAME
-    path.mkdir(parents=True, exist_ok=True)
+    make_folder(path, settings.store_dir)
     try:
         return _private_client(path)
     except Exception as exc:
@@ -151,6 +151,57 @@ def _release_spelling(spelling: str) -> None:
         _SPELLINGS_IN_USE.discard(spelling)
 
 
+# ------------------------------------------------------------------ the store's folder
+
+
+def store_path_error(store_dir: Path, exc: OSError) -> StoreError:
+    """An OSError on the store's folder as one line naming the folder and the problem:
+    a file in the way, or a folder this process cannot write (permissions, a read-only
+    file system). The OSError alone names a lock file, or nothing a user can act on."""
+    in_the_way = _file_in_the_way(store_dir)
+    if in_the_way is not None:
+        return in_the_way
+    return StoreError(
+        f"cannot write to the store folder {store_dir} ({exc.strerror or one_line(exc)}); "
+        "make it writable or choose another --store"
+    )
+
+
+def _file_in_the_way(store_dir: Path) -> StoreError | None:
+    """The error for a store path that is a file, or lies under one; else None."""
+    for path in (store_dir, *store_dir.parents):
+        if path.is_dir():
+            return None
+        if path.exists():
+            problem = "is a file" if path == store_dir else f"cannot be made: {path} is a file"
+            return StoreError(f"the store folder {store_dir} {problem}; choose another --store")
+    return None
+
+
+def make_folder(folder: Path, store_dir: Path) -> None:
+    """Make `folder` (the store folder or one inside it), or raise a one-line StoreError."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise store_path_error(store_dir, exc) from exc
+
+
+def store_file_lock(
+    store_dir: Path,
+    name: str,
+    wait_seconds: float,
+    busy: Callable[[Path], BaseException],
+    poll_seconds: float = LOCK_POLL_SECONDS,
+    on_first_wait: Callable[[], None] | None = None,
+) -> FileLock:
+    """A FileLock on the file `name` in the store folder, or a one-line StoreError when
+    the folder cannot hold it."""
+    try:
+        return FileLock(store_dir / name, wait_seconds, busy, poll_seconds, on_first_wait)
+    except OSError as exc:
+        raise store_path_error(store_dir, exc) from exc
+
+
 # ---------------------------------------------------------------------------- locking
 
 
@@ -164,7 +215,7 @@ def access_lock(store_dir: Path, wait_seconds: float) -> FileLock:
     is short, so every one of them takes this lock (an exclusive flock, released by the
     kernel when a process dies) and a reader waits at most one write batch.
     """
-    return FileLock(store_dir / ACCESS_LOCK_NAME, wait_seconds, _busy)
+    return store_file_lock(store_dir, ACCESS_LOCK_NAME, wait_seconds, _busy)
 
 
 def _busy(lock: Path) -> StoreError:
@@ -208,7 +259,7 @@ class Store:
             raise StoreError(f"no index in {self.dir}; run `rag index` first")
         if not rebuild:  # --rebuild writes our own files beside foreign ones, deleting none
             self._check_folder()
-        self.dir.mkdir(parents=True, exist_ok=True)
+        make_folder(self.dir, self.dir)
         self._connection: _Connection | None = None
         self._access: FileLock | _NoLock = _NoLock()
         self._dim: int | None = None  # of the stored vectors, once known
@@ -249,10 +300,11 @@ class Store:
 
     def _check_folder(self) -> None:
         """Refuse a folder that holds something other than a rag store."""
+        in_the_way = _file_in_the_way(self.dir)
+        if in_the_way is not None:
+            raise in_the_way
         if not self.dir.exists():
             return
-        if not self.dir.is_dir():
-            raise StoreError(f"the store path {self.dir} is not a folder")
         ours = {*MANIFEST_FILES, CHROMA_DIR_NAME, KEYWORD_DIR_NAME}
         names = {p.name for p in self.dir.iterdir()}
         if names and not names & ours and not names <= {INDEX_LOCK_NAME, ACCESS_LOCK_NAME}:

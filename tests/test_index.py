@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -178,7 +180,8 @@ def test_a_snapshot_of_the_empty_store_is_built_anew_once_files_arrive(
         run_index(settings, embedder)
         snapshot = load_snapshot(store)
         assert len(snapshot.index.chunks) == len(expected_ids(settings))
-        assert snapshot.vectors is not None and snapshot.vectors.shape[0] == len(snapshot.index.chunks)
+        assert snapshot.vectors is not None
+        assert snapshot.vectors.shape[0] == len(snapshot.index.chunks)
     finally:
         store.close()
 
@@ -192,6 +195,37 @@ def test_foreign_store_folder_is_refused(
     with pytest.raises(UserError, match="rebuild"):
         run_index(make_settings(store_dir=foreign), embedder)
     assert (foreign / "notes.txt").read_text(encoding="utf-8") == "mine"
+
+
+@pytest.mark.parametrize("inside", ["", "sub"], ids=["the-file", "under-it"])
+def test_store_path_that_is_a_file_is_a_one_line_error(
+    docs: Path, make_settings, tmp_path: Path, inside: str
+) -> None:
+    blocker = tmp_path / "storefile"
+    blocker.write_text("mine", encoding="utf-8")
+    store = blocker / inside if inside else blocker
+    for rebuild in (False, True):
+        with pytest.raises(StoreError, match=re.escape(f"{blocker} is a file")) as caught:
+            index_folder(make_settings(store_dir=store), rebuild, False, no_model)
+        assert str(store) in str(caught.value) and "\n" not in str(caught.value)
+    assert blocker.read_text(encoding="utf-8") == "mine"
+
+
+def test_read_only_store_folder_is_a_one_line_error(
+    docs: Path, make_settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # a read-only mount, faked: as root, chmod would not stop the writes
+    def read_only(path: Path, *args: object) -> None:
+        raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(path))
+
+    monkeypatch.setattr("rag.store.FileLock", read_only)
+    settings = make_settings()
+    with pytest.raises(StoreError) as caught:
+        index_folder(settings, progress=False, embedder_factory=no_model)
+    assert str(caught.value) == (
+        f"cannot write to the store folder {settings.store_dir} (Read-only file system); "
+        "make it writable or choose another --store"
+    )
 
 
 def test_missing_docs_folder_is_a_clear_error(make_settings, embedder, tmp_path: Path) -> None:
