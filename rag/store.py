@@ -9,6 +9,7 @@ lock, is retried once on a fresh connection, and reads page through `_pages`.
 from __future__ import annotations
 
 import contextlib
+import os
 import shutil
 import sqlite3
 import threading
@@ -80,6 +81,12 @@ def _connect(settings: Settings) -> _Connection:
     try:
         return _private_client(path)
     except Exception as exc:
+        if not os.access(path, os.W_OK):  # not damaged: chromadb writes even to read
+            raise StoreError(
+                f"the Chroma store in {path} cannot be opened read-only ({one_line(exc)}); "
+                f"make {settings.store_dir} writable (a search while it is saves a "
+                "snapshot that later read-only searches use instead)"
+            ) from exc
         raise StoreError(
             f"the Chroma store in {path} cannot be opened ({one_line(exc)}); "
             "run `rag index --rebuild`"
@@ -193,11 +200,14 @@ def store_file_lock(
     busy: Callable[[Path], BaseException],
     poll_seconds: float = LOCK_POLL_SECONDS,
     on_first_wait: Callable[[], None] | None = None,
+    read_only_ok: bool = False,
 ) -> FileLock:
-    """A FileLock on the file `name` in the store folder, or a one-line StoreError when
-    the folder cannot hold it."""
+    """A FileLock on the file `name` in the store folder (see FileLock), or a one-line
+    StoreError when the folder cannot hold it."""
     try:
-        return FileLock(store_dir / name, wait_seconds, busy, poll_seconds, on_first_wait)
+        return FileLock(
+            store_dir / name, wait_seconds, busy, poll_seconds, on_first_wait, read_only_ok
+        )
     except OSError as exc:
         raise store_path_error(store_dir, exc) from exc
 
@@ -213,9 +223,11 @@ def access_lock(store_dir: Path, wait_seconds: float) -> FileLock:
     hnsw segment writer") or crashes the process (a segmentation fault, seen with an
     indexer writing and a second process opening and querying). Each call into Chroma
     is short, so every one of them takes this lock (an exclusive flock, released by the
-    kernel when a process dies) and a reader waits at most one write batch.
+    kernel when a process dies) and a reader waits at most one write batch. A reader
+    of a read-only store takes it too (a read-only handle), should another mount of
+    the folder write it.
     """
-    return store_file_lock(store_dir, ACCESS_LOCK_NAME, wait_seconds, _busy)
+    return store_file_lock(store_dir, ACCESS_LOCK_NAME, wait_seconds, _busy, read_only_ok=True)
 
 
 def _busy(lock: Path) -> StoreError:
