@@ -91,6 +91,13 @@ def _another_indexer(lock: Path) -> UserError:
     )
 
 
+def require_docs_folder(docs_dir: Path) -> None:
+    """Raise a one-line UserError unless `docs_dir` is a folder."""
+    if not docs_dir.is_dir():
+        problem = "is not a folder" if docs_dir.exists() else "does not exist"
+        raise UserError(f"the documents folder {docs_dir} {problem}")
+
+
 class Indexer:
     """Brings a store in line with a folder; see `index_folder`."""
 
@@ -121,8 +128,7 @@ class Indexer:
         started = time.perf_counter()
         self._recover()
         docs_dir = self.settings.docs_dir
-        if not docs_dir.is_dir():
-            raise UserError(f"the documents folder {docs_dir} does not exist")
+        require_docs_folder(docs_dir)
         paths, skipped = scan_folder(docs_dir, self.settings.max_file_bytes)
         self.report.skipped = list(skipped)
         known = self.store.manifest.files()
@@ -332,4 +338,4 @@ def writer_lease(settings: Settings) -> Iterator[Lease | None]:
         connection.close()
 
 
-__all__ = ["IndexReport", "StoreError", "index_folder", "store_lock"]
+__all__ = ["IndexReport", "StoreError", "index_folder", "require_docs_folder", "store_lock"]

@@ -24,9 +24,9 @@ from typing import Any
 
 from rag.config import Settings
 from rag.files import file_identity
-from rag.indexer import IndexReport, PassageEmbedder, index_folder
+from rag.indexer import IndexReport, PassageEmbedder, index_folder, require_docs_folder
 from rag.manifest import MANIFEST_NAME, FileRecord, Manifest, StoreError
-from rag.records import UserError, one_line
+from rag.records import one_line
 
 # Quiet time after the last event before a round starts: a copy of many files or an
 # editor's save (write temp, rename) arrives as a burst of events.
@@ -194,8 +194,7 @@ class Watcher:
     def run(self, stop: threading.Event | None = None) -> None:
         """Watch until `stop` is set (or KeyboardInterrupt)."""
         stop = stop or threading.Event()
-        if not self.settings.docs_dir.is_dir():
-            raise UserError(f"the documents folder {self.settings.docs_dir} does not exist")
+        require_docs_folder(self.settings.docs_dir)
         watched, observer = file_identity(self.settings.docs_dir), self._observe()
         try:
             while not stop.is_set():

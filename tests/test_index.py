@@ -233,6 +233,15 @@ def test_missing_docs_folder_is_a_clear_error(make_settings, embedder, tmp_path:
         run_index(make_settings(docs_dir=tmp_path / "nope"), embedder)
 
 
+def test_docs_path_that_is_a_file_is_not_a_folder(make_settings, tmp_path: Path) -> None:
+    afile = tmp_path / "afile.txt"
+    afile.write_text("Hanoi.", encoding="utf-8")
+    with pytest.raises(
+        UserError, match=f"^the documents folder {re.escape(str(afile))} is not a folder$"
+    ):
+        index_folder(make_settings(docs_dir=afile), progress=False, embedder_factory=no_model)
+
+
 def _cli(*args: str, env: dict[str, str]) -> subprocess.Popen[str]:
     return subprocess.Popen(
         [sys.executable, "-m", "rag.cli", *args],

@@ -28,6 +28,7 @@ from rag.config import Settings
 from rag.engine import Engine
 from rag.indexer import index_folder
 from rag.models import embedder_identity
+from rag.records import UserError
 from rag.store import Store
 from rag.watch import Watcher, WatchEvent, describe
 
@@ -197,6 +198,15 @@ def test_an_exception_in_a_round_is_logged_and_the_watcher_goes_on(
     errors = [e.line() for e in events if e.event == "error"]
     assert len(errors) == 1 and re.fullmatch(r"\d\d:\d\d:\d\d error: disk on fire", errors[0])
     assert [e.line()[9:] for e in events if e.path == "after.txt"] == ["added after.txt (1 chunk)"]
+
+
+def test_watch_docs_path_that_is_a_file_is_not_a_folder(tmp_path: Path) -> None:
+    afile = tmp_path / "afile.txt"
+    afile.write_text("Hanoi.", encoding="utf-8")
+    settings = Settings.from_env(docs_dir=afile, store_dir=tmp_path / "store")
+    with pytest.raises(UserError, match="is not a folder"):
+        Watcher(settings, lambda event: None).run(threading.Event())
+    assert not settings.store_dir.exists()
 
 
 def test_folder_deleted_and_made_again(watcher: RunningWatcher) -> None:
