@@ -22,11 +22,11 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from rag.config import Settings
+from rag.config import ConfigError, Settings
 from rag.files import file_identity
 from rag.indexer import IndexReport, PassageEmbedder, index_folder, require_docs_folder
 from rag.manifest import MANIFEST_NAME, FileRecord, Manifest, StoreError
-from rag.records import one_line
+from rag.records import UserError, one_line
 
 # Quiet time after the last event before a round starts: a copy of many files or an
 # editor's save (write temp, rename) arrives as a burst of events.
@@ -264,6 +264,10 @@ class Watcher:
             )
             after = self._indexed()
         except Exception as exc:  # one line, and the watcher goes on
+            if not self._announced and isinstance(exc, UserError | ConfigError):
+                # The first round found the folder or store unusable: retrying every
+                # few seconds would not fix it, and a service manager should see it.
+                raise
             self._dirty = True
             self._next_round = time.monotonic() + RETRY_SECONDS
             if one_line(exc) != self._last_error:  # not the same line every 5 s
