@@ -344,3 +344,15 @@ def test_cli_errors_are_one_line(tmp_path: Path) -> None:
     assert proc.returncode == 1
     assert err.strip().count("\n") == 0 and err.startswith("error:")
     assert "Traceback" not in err
+
+
+def test_cli_status_of_a_missing_store_exits_1(tmp_path: Path) -> None:
+    env = {**os.environ, "RAG_STORE": str(tmp_path / "missing")}
+    for json_flag in ([], ["--json"]):
+        proc = _cli("status", *json_flag, env=env)
+        out, err = proc.communicate(timeout=300)
+        assert proc.returncode == 1, err
+        assert err.startswith("error: no index in") and err.strip().count("\n") == 0
+        if json_flag:
+            assert "no index in" in json.loads(out)["error"]  # the models' status too
+            assert "embed_model" in json.loads(out)
