@@ -126,9 +126,10 @@ class Indexer:
 
     def run(self) -> IndexReport:
         started = time.perf_counter()
-        self._recover()
         docs_dir = self.settings.docs_dir
         require_docs_folder(docs_dir)
+        self._check_same_folder()
+        self._recover()
         paths, skipped = scan_folder(docs_dir, self.settings.max_file_bytes)
         self.report.skipped = list(skipped)
         known = self.store.manifest.files()
@@ -136,6 +137,13 @@ class Indexer:
         skipped_paths = {s.path for s in skipped}
         # A file that can no longer be read keeps its last good version (nothing is lost).
         gone = [p for p in known if p not in on_disk and p not in skipped_paths]
+        if known and not on_disk and len(gone) == len(known):
+            raise UserError(
+                f"the documents folder {docs_dir} holds no documents to index: indexing it would "
+                f"remove all {len(known)} indexed files (is a drive not mounted?); to empty "
+                "the index, run `rag index --rebuild`"
+            )
+        self._remember_folder()
         self._remove(gone)
         changed = self._changed(on_disk, known)
         try:
@@ -147,6 +155,25 @@ class Indexer:
         self.report.chunks = self.store.manifest.chunk_count()
         self.report.seconds = time.perf_counter() - started
         return self.report
+
+    def _check_same_folder(self) -> None:
+        """Refuse a documents folder other than the one the store indexes: its run would
+        remove every file of that one (a typo in --docs, another RAG_DOCS). The store
+        and the folder may have moved, together or the store alone."""
+        recorded, wanted = self.store.docs_folders(), self.settings.docs_dir.resolve()
+        if recorded and wanted not in recorded:
+            indexed = self.store.docs_folder()
+            raise UserError(
+                f"the store {self.settings.store_dir} indexes the documents folder "
+                f"{indexed}, not {wanted}: use --docs {indexed} or another --store, or "
+                f"run `rag index --rebuild --docs {wanted}` to replace its index"
+            )
+
+    def _remember_folder(self) -> None:
+        """Record the folder in an embedded store (one made before this adopts it).
+        Not in a Chroma server's: each machine reads its own copy of the folder."""
+        if not self.settings.chroma_url:
+            self.store.remember_docs_folder(self.settings.docs_dir)
 
     def _recover(self) -> None:
         """Finish what a killed run left: drop its pending ids, and any orphan."""

@@ -36,6 +36,11 @@ __all__ = ["FileRecord", "Manifest", "Store", "StoreError", "remove_store"]
 
 CHROMA_DIR_NAME = "chroma"
 STORE_FORMAT = "1"
+# The manifest's meta keys for the documents folder an embedded store indexes (set and
+# checked by rag.indexer; another folder indexed into it would remove every file): its
+# full path, and its path from the store folder, which holds when both moved together.
+DOCS_META_KEY = "docs_dir"
+DOCS_FROM_STORE_META_KEY = "docs_dir_from_store"
 ACCESS_LOCK_NAME = "chroma.lock"
 INDEX_LOCK_NAME = "index.lock"  # rag.indexer's; named here to recognize a store folder
 KEYWORD_DIR_NAME = "keyword"  # rag.keyword_cache's saved BM25 indexes
@@ -303,6 +308,32 @@ class Store:
         self._connection = _connect_server(self.settings.chroma_url)
         return ServerManifest(self._connection.client, self.settings.collection,
                               self.settings.chroma_url, create)  # fmt: skip
+
+    def docs_folders(self) -> list[Path]:
+        """Where the documents folder this store indexes is, as its last index run
+        recorded it: beside the store as it was then (first), and at its full path
+        then. Empty before a run recorded it."""
+        relative = self.manifest.get_meta(DOCS_FROM_STORE_META_KEY)
+        absolute = self.manifest.get_meta(DOCS_META_KEY)
+        found = [Path(os.path.normpath(self.dir.resolve() / relative))] if relative else []
+        found += [Path(absolute)] if absolute else []
+        return list(dict.fromkeys(found))
+
+    def docs_folder(self) -> Path | None:
+        """The documents folder this store indexes: the recorded place that exists,
+        else the first one; None before an index run recorded it."""
+        folders = self.docs_folders()
+        return next((f for f in folders if f.is_dir()), folders[0] if folders else None)
+
+    def remember_docs_folder(self, folder: Path) -> None:
+        """Record `folder` as the one this store indexes (written only when it moved)."""
+        folder = folder.resolve()
+        values = {
+            DOCS_META_KEY: str(folder),
+            DOCS_FROM_STORE_META_KEY: os.path.relpath(folder, self.dir.resolve()),
+        }
+        if any(self.manifest.get_meta(key) != value for key, value in values.items()):
+            self.manifest.set_meta(values)
 
     @property
     def location(self) -> str:

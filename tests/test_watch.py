@@ -210,6 +210,17 @@ def test_watch_docs_path_that_is_a_file_is_not_a_folder(tmp_path: Path) -> None:
     assert not settings.store_dir.exists()
 
 
+def test_watch_of_another_folder_than_the_stores_stops(tmp_path: Path, embedder) -> None:
+    settings = Settings.from_env(docs_dir=small_corpus(tmp_path / "docs"), store_dir=tmp_path / "s")
+    run_index(settings, embedder)
+    other = Settings.from_env(docs_dir=small_corpus(tmp_path / "other"), store_dir=tmp_path / "s")
+    events: list[WatchEvent] = []
+    with pytest.raises(UserError, match="indexes the documents folder"):
+        Watcher(other, events.append, lambda: embedder).run(threading.Event())
+    assert events == []
+    assert_consistent(settings)
+
+
 def test_cli_watch_exits_1_when_its_first_round_fails_on_a_user_error(tmp_path: Path) -> None:
     docs, storefile = small_corpus(tmp_path / "docs"), tmp_path / "storefile"
     storefile.write_text("mine", encoding="utf-8")
