@@ -253,12 +253,19 @@ def _prime_quietly(engine: Any, llm: str | None) -> None:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
+    """The status, also of a store that cannot be read (the models' part still helps);
+    exit code 1 then, with the reason as the one `error:` line on stderr."""
     data = _engine(args).status()
+    error = data.get("error")
     if args.json:
         _print_json(data)
-        return 0
-    for key, value in data.items():
-        print(f"{key:>16}: {value}")
+    else:
+        for key, value in data.items():
+            if key != "error":
+                print(f"{key:>16}: {value}")
+    if error:
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_USER_ERROR
     return 0
 
 

@@ -239,7 +239,7 @@ class Engine:
             "files": len(files),
             "chunks": store.manifest.chunk_count(),
             "store": store.location,
-            "docs": str(self.settings.docs_dir),
+            "docs": str(store.docs_folder() or self.settings.docs_dir),
             "last_indexed": _iso(float(last)) if last else None,
             "languages": sorted({r.language for r in files.values() if r.language}),
             **models,

@@ -74,6 +74,8 @@ class FileLock:
 
     Re-entrant: nested `with` blocks of one thread take it once. The file stays open
     until `close`. Taking it waits up to `wait_seconds`, then raises `busy(path)`.
+    With `read_only_ok`, an existing lock file that cannot be opened for writing (a
+    read-only folder) is locked through a read-only handle, which flock accepts.
     """
 
     def __init__(
@@ -83,10 +85,11 @@ class FileLock:
         busy: Callable[[Path], BaseException],
         poll_seconds: float = LOCK_POLL_SECONDS,
         on_first_wait: Callable[[], None] | None = None,
+        read_only_ok: bool = False,
     ) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
-        self._handle: IO[str] = open(path, "a+")  # noqa: SIM115 (held open until close)
+        self._handle = _open_lock_file(path, read_only_ok)
         self._threads = threading.RLock()  # flock does not exclude threads sharing the fd
         self._depth = 0
         self._wait = wait_seconds
@@ -114,3 +117,12 @@ class FileLock:
 
     def close(self) -> None:
         self._handle.close()
+
+
+def _open_lock_file(path: Path, read_only_ok: bool) -> IO[str]:
+    try:
+        return open(path, "a+")  # noqa: SIM115 (held open until FileLock.close)
+    except OSError:
+        if not (read_only_ok and path.is_file()):
+            raise
+        return open(path)  # noqa: SIM115

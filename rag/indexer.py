@@ -21,13 +21,20 @@ import numpy as np
 
 from rag.chunking import chunk_document
 from rag.config import Settings
-from rag.files import FileLock, file_sha256
+from rag.files import file_sha256
 from rag.ingest import IngestError, read_document, scan_folder
 from rag.models import embedder_identity, load_embedder
 from rag.ocr import OcrOptions
 from rag.records import Chunk, Document, Skipped, UserError
 from rag.server_manifest import Lease, server_lease
-from rag.store import INDEX_LOCK_NAME, Store, StoreError, connect_server, remove_store
+from rag.store import (
+    INDEX_LOCK_NAME,
+    Store,
+    StoreError,
+    connect_server,
+    remove_store,
+    store_file_lock,
+)
 
 # Chunks embedded and written per group: big enough to keep the embedder busy, small
 # enough that a killed run loses little work.
@@ -63,7 +70,14 @@ def store_lock(store_dir: Path, wait_seconds: float = 120.0) -> Iterator[None]:
         print(f"waiting for another indexer on {store_dir} ...", file=sys.stderr)
 
     # A whole indexing run holds it: trying 5 times a second is plenty.
-    lock = FileLock(store_dir / INDEX_LOCK_NAME, wait_seconds, _another_indexer, 0.2, announce)
+    lock = store_file_lock(
+        store_dir,
+        INDEX_LOCK_NAME,
+        wait_seconds,
+        _another_indexer,
+        poll_seconds=0.2,
+        on_first_wait=announce,
+    )
     try:
         with lock:
             yield
@@ -75,6 +89,13 @@ def _another_indexer(lock: Path) -> UserError:
     return UserError(
         f"another indexer is still writing to {lock.parent}; try again when it has finished"
     )
+
+
+def require_docs_folder(docs_dir: Path) -> None:
+    """Raise a one-line UserError unless `docs_dir` is a folder."""
+    if not docs_dir.is_dir():
+        problem = "is not a folder" if docs_dir.exists() else "does not exist"
+        raise UserError(f"the documents folder {docs_dir} {problem}")
 
 
 class Indexer:
@@ -105,10 +126,10 @@ class Indexer:
 
     def run(self) -> IndexReport:
         started = time.perf_counter()
-        self._recover()
         docs_dir = self.settings.docs_dir
-        if not docs_dir.is_dir():
-            raise UserError(f"the documents folder {docs_dir} does not exist")
+        require_docs_folder(docs_dir)
+        self._check_same_folder()
+        self._recover()
         paths, skipped = scan_folder(docs_dir, self.settings.max_file_bytes)
         self.report.skipped = list(skipped)
         known = self.store.manifest.files()
@@ -116,6 +137,13 @@ class Indexer:
         skipped_paths = {s.path for s in skipped}
         # A file that can no longer be read keeps its last good version (nothing is lost).
         gone = [p for p in known if p not in on_disk and p not in skipped_paths]
+        if known and not on_disk and len(gone) == len(known):
+            raise UserError(
+                f"the documents folder {docs_dir} holds no documents to index: indexing it would "
+                f"remove all {len(known)} indexed files (is a drive not mounted?); to empty "
+                "the index, run `rag index --rebuild`"
+            )
+        self._remember_folder()
         self._remove(gone)
         changed = self._changed(on_disk, known)
         try:
@@ -127,6 +155,25 @@ class Indexer:
         self.report.chunks = self.store.manifest.chunk_count()
         self.report.seconds = time.perf_counter() - started
         return self.report
+
+    def _check_same_folder(self) -> None:
+        """Refuse a documents folder other than the one the store indexes: its run would
+        remove every file of that one (a typo in --docs, another RAG_DOCS). The store
+        and the folder may have moved, together or the store alone."""
+        recorded, wanted = self.store.docs_folders(), self.settings.docs_dir.resolve()
+        if recorded and wanted not in recorded:
+            indexed = self.store.docs_folder()
+            raise UserError(
+                f"the store {self.settings.store_dir} indexes the documents folder "
+                f"{indexed}, not {wanted}: use --docs {indexed} or another --store, or "
+                f"run `rag index --rebuild --docs {wanted}` to replace its index"
+            )
+
+    def _remember_folder(self) -> None:
+        """Record the folder in an embedded store (one made before this adopts it).
+        Not in a Chroma server's: each machine reads its own copy of the folder."""
+        if not self.settings.chroma_url:
+            self.store.remember_docs_folder(self.settings.docs_dir)
 
     def _recover(self) -> None:
         """Finish what a killed run left: drop its pending ids, and any orphan."""
@@ -318,4 +365,4 @@ def writer_lease(settings: Settings) -> Iterator[Lease | None]:
         connection.close()
 
 
-__all__ = ["IndexReport", "StoreError", "index_folder", "store_lock"]
+__all__ = ["IndexReport", "StoreError", "index_folder", "require_docs_folder", "store_lock"]

@@ -10,6 +10,7 @@ the per-store caches) learn that the index changed.
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import threading
 import time
@@ -50,34 +51,23 @@ class Manifest:
         # One engine serves several threads (each Streamlit session runs its script in
         # its own thread), so the connection is shared and every use holds this lock.
         self._lock = threading.RLock()
+        # A store on a read-only mount, or in a folder this user may not write, is read
+        # as it is: searching it needs no write.
+        self.read_only = not _writable(path)
         try:
-            self.db = sqlite3.connect(
-                path, timeout=30, isolation_level=None, check_same_thread=False
-            )
-            self.db.execute("PRAGMA journal_mode=WAL")
-            self.db.execute("PRAGMA synchronous=FULL")
-            self._create()
+            self.db = _open_read_only(path) if self.read_only else _open(path)
         except sqlite3.DatabaseError as exc:
-            raise StoreError(
-                f"the store's manifest {path} is damaged or not a rag store ({exc}); "
-                "run `rag index --rebuild`"
-            ) from exc
+            raise self._unusable(exc) from exc
 
-    def _create(self) -> None:
-        self.db.executescript(
-            """
-            CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-            CREATE TABLE IF NOT EXISTS files (
-                path TEXT PRIMARY KEY,
-                content_hash TEXT NOT NULL,
-                chunk_ids TEXT NOT NULL,
-                state TEXT NOT NULL,
-                pending_ids TEXT NOT NULL DEFAULT '[]',
-                language TEXT NOT NULL DEFAULT '',
-                url TEXT NOT NULL DEFAULT '',
-                indexed_at REAL NOT NULL
-            );
-            """
+    def _unusable(self, exc: sqlite3.DatabaseError) -> StoreError:
+        if self.read_only:  # not known to be damaged: advising a rebuild would lose it
+            return StoreError(
+                f"the store's manifest {self.path} cannot be read in its read-only folder "
+                f"({exc}); make {self.path.parent} writable, then try again"
+            )
+        return StoreError(
+            f"the store's manifest {self.path} is damaged or not a rag store ({exc}); "
+            "run `rag index --rebuild`"
         )
 
     def close(self) -> None:
@@ -86,6 +76,11 @@ class Manifest:
 
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
+        if self.read_only:  # else SQLite's "attempt to write a readonly database"
+            raise StoreError(
+                f"cannot write to the store folder {self.path.parent} (read-only); "
+                "make it writable or choose another --store"
+            )
         with self._lock:
             self.db.execute("BEGIN IMMEDIATE")
             try:
@@ -178,6 +173,67 @@ class Manifest:
 
     def generation(self) -> int:
         return int(self.get_meta("generation") or 0)
+
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS files (
+    path TEXT PRIMARY KEY,
+    content_hash TEXT NOT NULL,
+    chunk_ids TEXT NOT NULL,
+    state TEXT NOT NULL,
+    pending_ids TEXT NOT NULL DEFAULT '[]',
+    language TEXT NOT NULL DEFAULT '',
+    url TEXT NOT NULL DEFAULT '',
+    indexed_at REAL NOT NULL
+);
+"""
+
+
+def _writable(path: Path) -> bool:
+    """Whether this process may write the manifest (and SQLite its files beside it)."""
+    if not os.access(path.parent, os.W_OK):
+        return False
+    return not path.exists() or os.access(path, os.W_OK)
+
+
+def _connect(target: str | Path, uri: bool = False) -> sqlite3.Connection:
+    return sqlite3.connect(
+        target, timeout=30, isolation_level=None, check_same_thread=False, uri=uri
+    )
+
+
+def _open(path: Path) -> sqlite3.Connection:
+    db = _connect(path)
+    try:
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA synchronous=FULL")
+        db.executescript(_SCHEMA)
+    except BaseException:
+        db.close()
+        raise
+    return db
+
+
+def _open_read_only(path: Path) -> sqlite3.Connection:
+    """The manifest opened for reading only. A WAL database needs its -shm file, which
+    a read-only folder may not have and cannot get: then it is opened as immutable
+    (nothing can change it through this folder anyway)."""
+    uri = path.resolve().as_uri()
+    try:
+        return _checked(_connect(f"{uri}?mode=ro", uri=True))
+    except sqlite3.OperationalError:
+        return _checked(_connect(f"{uri}?immutable=1", uri=True))
+
+
+def _checked(db: sqlite3.Connection) -> sqlite3.Connection:
+    """`db`, once a read shows it usable (SQLite opens files lazily)."""
+    try:
+        db.execute("SELECT COUNT(*) FROM files").fetchone()
+    except BaseException:
+        db.close()
+        raise
+    return db
 
 
 def _record(row: tuple[Any, ...]) -> FileRecord:

@@ -9,6 +9,7 @@ lock, is retried once on a fresh connection, and reads page through `_pages`.
 from __future__ import annotations
 
 import contextlib
+import os
 import shutil
 import sqlite3
 import threading
@@ -21,7 +22,7 @@ from urllib.parse import urlparse
 import numpy as np
 
 from rag.config import Settings
-from rag.files import FileLock, file_identity
+from rag.files import LOCK_POLL_SECONDS, FileLock, file_identity
 from rag.manifest import MANIFEST_FILES, MANIFEST_NAME, FileRecord, Manifest, StoreError
 from rag.records import Chunk, UserError, one_line
 from rag.server_manifest import ServerManifest, manifest_name
@@ -35,6 +36,11 @@ __all__ = ["FileRecord", "Manifest", "Store", "StoreError", "remove_store"]
 
 CHROMA_DIR_NAME = "chroma"
 STORE_FORMAT = "1"
+# The manifest's meta keys for the documents folder an embedded store indexes (set and
+# checked by rag.indexer; another folder indexed into it would remove every file): its
+# full path, and its path from the store folder, which holds when both moved together.
+DOCS_META_KEY = "docs_dir"
+DOCS_FROM_STORE_META_KEY = "docs_dir_from_store"
 ACCESS_LOCK_NAME = "chroma.lock"
 INDEX_LOCK_NAME = "index.lock"  # rag.indexer's; named here to recognize a store folder
 KEYWORD_DIR_NAME = "keyword"  # rag.keyword_cache's saved BM25 indexes
@@ -76,10 +82,16 @@ def _connect(settings: Settings) -> _Connection:
     if settings.chroma_url:
         return _connect_server(settings.chroma_url)
     path = settings.store_dir / CHROMA_DIR_NAME
-    path.mkdir(parents=True, exist_ok=True)
+    make_folder(path, settings.store_dir)
     try:
         return _private_client(path)
     except Exception as exc:
+        if not os.access(path, os.W_OK):  # not damaged: chromadb writes even to read
+            raise StoreError(
+                f"the Chroma store in {path} cannot be opened read-only ({one_line(exc)}); "
+                f"make {settings.store_dir} writable (a search while it is saves a "
+                "snapshot that later read-only searches use instead)"
+            ) from exc
         raise StoreError(
             f"the Chroma store in {path} cannot be opened ({one_line(exc)}); "
             "run `rag index --rebuild`"
@@ -151,6 +163,60 @@ def _release_spelling(spelling: str) -> None:
         _SPELLINGS_IN_USE.discard(spelling)
 
 
+# ------------------------------------------------------------------ the store's folder
+
+
+def store_path_error(store_dir: Path, exc: OSError) -> StoreError:
+    """An OSError on the store's folder as one line naming the folder and the problem:
+    a file in the way, or a folder this process cannot write (permissions, a read-only
+    file system). The OSError alone names a lock file, or nothing a user can act on."""
+    in_the_way = _file_in_the_way(store_dir)
+    if in_the_way is not None:
+        return in_the_way
+    return StoreError(
+        f"cannot write to the store folder {store_dir} ({exc.strerror or one_line(exc)}); "
+        "make it writable or choose another --store"
+    )
+
+
+def _file_in_the_way(store_dir: Path) -> StoreError | None:
+    """The error for a store path that is a file, or lies under one; else None."""
+    for path in (store_dir, *store_dir.parents):
+        if path.is_dir():
+            return None
+        if path.exists():
+            problem = "is a file" if path == store_dir else f"cannot be made: {path} is a file"
+            return StoreError(f"the store folder {store_dir} {problem}; choose another --store")
+    return None
+
+
+def make_folder(folder: Path, store_dir: Path) -> None:
+    """Make `folder` (the store folder or one inside it), or raise a one-line StoreError."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise store_path_error(store_dir, exc) from exc
+
+
+def store_file_lock(
+    store_dir: Path,
+    name: str,
+    wait_seconds: float,
+    busy: Callable[[Path], BaseException],
+    poll_seconds: float = LOCK_POLL_SECONDS,
+    on_first_wait: Callable[[], None] | None = None,
+    read_only_ok: bool = False,
+) -> FileLock:
+    """A FileLock on the file `name` in the store folder (see FileLock), or a one-line
+    StoreError when the folder cannot hold it."""
+    try:
+        return FileLock(
+            store_dir / name, wait_seconds, busy, poll_seconds, on_first_wait, read_only_ok
+        )
+    except OSError as exc:
+        raise store_path_error(store_dir, exc) from exc
+
+
 # ---------------------------------------------------------------------------- locking
 
 
@@ -162,9 +228,11 @@ def access_lock(store_dir: Path, wait_seconds: float) -> FileLock:
     hnsw segment writer") or crashes the process (a segmentation fault, seen with an
     indexer writing and a second process opening and querying). Each call into Chroma
     is short, so every one of them takes this lock (an exclusive flock, released by the
-    kernel when a process dies) and a reader waits at most one write batch.
+    kernel when a process dies) and a reader waits at most one write batch. A reader
+    of a read-only store takes it too (a read-only handle), should another mount of
+    the folder write it.
     """
-    return FileLock(store_dir / ACCESS_LOCK_NAME, wait_seconds, _busy)
+    return store_file_lock(store_dir, ACCESS_LOCK_NAME, wait_seconds, _busy, read_only_ok=True)
 
 
 def _busy(lock: Path) -> StoreError:
@@ -208,7 +276,7 @@ class Store:
             raise StoreError(f"no index in {self.dir}; run `rag index` first")
         if not rebuild:  # --rebuild writes our own files beside foreign ones, deleting none
             self._check_folder()
-        self.dir.mkdir(parents=True, exist_ok=True)
+        make_folder(self.dir, self.dir)
         self._connection: _Connection | None = None
         self._access: FileLock | _NoLock = _NoLock()
         self._dim: int | None = None  # of the stored vectors, once known
@@ -241,6 +309,32 @@ class Store:
         return ServerManifest(self._connection.client, self.settings.collection,
                               self.settings.chroma_url, create)  # fmt: skip
 
+    def docs_folders(self) -> list[Path]:
+        """Where the documents folder this store indexes is, as its last index run
+        recorded it: beside the store as it was then (first), and at its full path
+        then. Empty before a run recorded it."""
+        relative = self.manifest.get_meta(DOCS_FROM_STORE_META_KEY)
+        absolute = self.manifest.get_meta(DOCS_META_KEY)
+        found = [Path(os.path.normpath(self.dir.resolve() / relative))] if relative else []
+        found += [Path(absolute)] if absolute else []
+        return list(dict.fromkeys(found))
+
+    def docs_folder(self) -> Path | None:
+        """The documents folder this store indexes: the recorded place that exists,
+        else the first one; None before an index run recorded it."""
+        folders = self.docs_folders()
+        return next((f for f in folders if f.is_dir()), folders[0] if folders else None)
+
+    def remember_docs_folder(self, folder: Path) -> None:
+        """Record `folder` as the one this store indexes (written only when it moved)."""
+        folder = folder.resolve()
+        values = {
+            DOCS_META_KEY: str(folder),
+            DOCS_FROM_STORE_META_KEY: os.path.relpath(folder, self.dir.resolve()),
+        }
+        if any(self.manifest.get_meta(key) != value for key, value in values.items()):
+            self.manifest.set_meta(values)
+
     @property
     def location(self) -> str:
         if self.settings.chroma_url:
@@ -249,10 +343,11 @@ class Store:
 
     def _check_folder(self) -> None:
         """Refuse a folder that holds something other than a rag store."""
+        in_the_way = _file_in_the_way(self.dir)
+        if in_the_way is not None:
+            raise in_the_way
         if not self.dir.exists():
             return
-        if not self.dir.is_dir():
-            raise StoreError(f"the store path {self.dir} is not a folder")
         ours = {*MANIFEST_FILES, CHROMA_DIR_NAME, KEYWORD_DIR_NAME}
         names = {p.name for p in self.dir.iterdir()}
         if names and not names & ours and not names <= {INDEX_LOCK_NAME, ACCESS_LOCK_NAME}:

@@ -22,9 +22,9 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from rag.config import Settings
+from rag.config import ConfigError, Settings
 from rag.files import file_identity
-from rag.indexer import IndexReport, PassageEmbedder, index_folder
+from rag.indexer import IndexReport, PassageEmbedder, index_folder, require_docs_folder
 from rag.manifest import MANIFEST_NAME, FileRecord, Manifest, StoreError
 from rag.records import UserError, one_line
 
@@ -194,8 +194,7 @@ class Watcher:
     def run(self, stop: threading.Event | None = None) -> None:
         """Watch until `stop` is set (or KeyboardInterrupt)."""
         stop = stop or threading.Event()
-        if not self.settings.docs_dir.is_dir():
-            raise UserError(f"the documents folder {self.settings.docs_dir} does not exist")
+        require_docs_folder(self.settings.docs_dir)
         watched, observer = file_identity(self.settings.docs_dir), self._observe()
         try:
             while not stop.is_set():
@@ -265,6 +264,10 @@ class Watcher:
             )
             after = self._indexed()
         except Exception as exc:  # one line, and the watcher goes on
+            if not self._announced and isinstance(exc, UserError | ConfigError):
+                # The first round found the folder or store unusable: retrying every
+                # few seconds would not fix it, and a service manager should see it.
+                raise
             self._dirty = True
             self._next_round = time.monotonic() + RETRY_SECONDS
             if one_line(exc) != self._last_error:  # not the same line every 5 s

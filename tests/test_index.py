@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -15,6 +17,7 @@ import pytest
 
 from rag.chunking import chunk_document
 from rag.config import Settings
+from rag.engine import Engine
 from rag.indexer import index_folder
 from rag.ingest import read_document
 from rag.models import embedder_identity
@@ -195,9 +198,123 @@ def test_foreign_store_folder_is_refused(
     assert (foreign / "notes.txt").read_text(encoding="utf-8") == "mine"
 
 
+@pytest.mark.parametrize("inside", ["", "sub"], ids=["the-file", "under-it"])
+def test_store_path_that_is_a_file_is_a_one_line_error(
+    docs: Path, make_settings, tmp_path: Path, inside: str
+) -> None:
+    blocker = tmp_path / "storefile"
+    blocker.write_text("mine", encoding="utf-8")
+    store = blocker / inside if inside else blocker
+    for rebuild in (False, True):
+        with pytest.raises(StoreError, match=re.escape(f"{blocker} is a file")) as caught:
+            index_folder(make_settings(store_dir=store), rebuild, False, no_model)
+        assert str(store) in str(caught.value) and "\n" not in str(caught.value)
+    assert blocker.read_text(encoding="utf-8") == "mine"
+
+
+def test_read_only_store_folder_is_a_one_line_error(
+    docs: Path, make_settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # a read-only mount, faked: as root, chmod would not stop the writes
+    def read_only(path: Path, *args: object) -> None:
+        raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(path))
+
+    monkeypatch.setattr("rag.store.FileLock", read_only)
+    settings = make_settings()
+    with pytest.raises(StoreError) as caught:
+        index_folder(settings, progress=False, embedder_factory=no_model)
+    assert str(caught.value) == (
+        f"cannot write to the store folder {settings.store_dir} (Read-only file system); "
+        "make it writable or choose another --store"
+    )
+
+
+def _notes(folder: Path, *names: str) -> Path:
+    """A small documents folder: one short file per name."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in names:
+        (folder / f"{name}.txt").write_text(f"The {name} ferry crosses the fjord.\n", "utf-8")
+    return folder
+
+
+def test_another_docs_folder_is_refused_unless_rebuild(
+    make_settings, embedder, tmp_path: Path
+) -> None:
+    settings = make_settings(docs_dir=_notes(tmp_path / "notes", "Oslo", "Bergen"))
+    run_index(settings, embedder)
+    other = make_settings(docs_dir=_notes(tmp_path / "note", "Hanoi"))
+    with pytest.raises(UserError, match=r"indexes the documents folder .*notes, not .*note:"):
+        index_folder(other, progress=False, embedder_factory=no_model)
+    assert_consistent(settings)  # nothing removed
+    status = Engine(make_settings()).status()  # the default RAG_DOCS is not shown
+    assert status["docs"] == str((tmp_path / "notes").resolve()) and status["files"] == 2
+    report = run_index(other, embedder, rebuild=True)
+    assert (report.added, report.files) == (1, 1)
+    assert Engine(make_settings()).status()["docs"] == str((tmp_path / "note").resolve())
+
+
+def test_an_emptied_docs_folder_is_refused_unless_rebuild(
+    make_settings, embedder, tmp_path: Path
+) -> None:
+    settings = make_settings(docs_dir=_notes(tmp_path / "notes", "Oslo", "Bergen"))
+    run_index(settings, embedder)
+    for path in settings.docs_dir.iterdir():  # a drive not mounted: the bare mount point
+        path.unlink()
+    with pytest.raises(UserError, match="no documents to index: .* remove all 2 indexed files"):
+        index_folder(settings, progress=False, embedder_factory=no_model)
+    assert len(store_ids(settings)[0]) == 2
+    report = run_index(settings, embedder, rebuild=True)  # emptied on purpose
+    assert (report.files, report.chunks) == (0, 0)
+
+
+def test_a_store_moved_with_its_docs_folder_or_alone_still_indexes_it(
+    embedder, tmp_path: Path
+) -> None:
+    before = tmp_path / "before"
+    _notes(before / "docs", "Oslo", "Bergen")
+    run_index(Settings.from_env(docs_dir=before / "docs", store_dir=before / "store"), embedder)
+    after = tmp_path / "after"
+    before.rename(after)  # a project folder moved (or copied) with its store
+    moved = Settings.from_env(docs_dir=after / "docs", store_dir=after / "store")
+    report = index_folder(moved, progress=False, embedder_factory=no_model)
+    assert (report.unchanged, report.removed) == (2, 0)
+    (after / "store").rename(tmp_path / "store")  # then the store alone
+    alone = Settings.from_env(docs_dir=after / "docs", store_dir=tmp_path / "store")
+    report = index_folder(alone, progress=False, embedder_factory=no_model)
+    assert (report.unchanged, report.removed) == (2, 0)
+    assert Engine(alone).status()["docs"] == str((after / "docs").resolve())
+
+
+def test_a_store_without_a_recorded_folder_adopts_the_next_one(
+    make_settings, embedder, tmp_path: Path
+) -> None:
+    import sqlite3
+
+    settings = make_settings(docs_dir=_notes(tmp_path / "notes", "Oslo"))
+    run_index(settings, embedder)
+    db = sqlite3.connect(settings.store_dir / "manifest.sqlite3")  # as made before the record
+    with db:
+        db.execute("DELETE FROM meta WHERE key LIKE 'docs_dir%'")
+    db.close()
+    other = make_settings(docs_dir=_notes(tmp_path / "other", "Hanoi"))
+    report = run_index(other, embedder)
+    assert (report.added, report.removed, report.files) == (1, 1, 1)
+    with pytest.raises(UserError, match="indexes the documents folder"):
+        index_folder(settings, progress=False, embedder_factory=no_model)
+
+
 def test_missing_docs_folder_is_a_clear_error(make_settings, embedder, tmp_path: Path) -> None:
     with pytest.raises(UserError, match="does not exist"):
         run_index(make_settings(docs_dir=tmp_path / "nope"), embedder)
+
+
+def test_docs_path_that_is_a_file_is_not_a_folder(make_settings, tmp_path: Path) -> None:
+    afile = tmp_path / "afile.txt"
+    afile.write_text("Hanoi.", encoding="utf-8")
+    with pytest.raises(
+        UserError, match=f"^the documents folder {re.escape(str(afile))} is not a folder$"
+    ):
+        index_folder(make_settings(docs_dir=afile), progress=False, embedder_factory=no_model)
 
 
 def _cli(*args: str, env: dict[str, str]) -> subprocess.Popen[str]:
@@ -326,3 +443,15 @@ def test_cli_errors_are_one_line(tmp_path: Path) -> None:
     assert proc.returncode == 1
     assert err.strip().count("\n") == 0 and err.startswith("error:")
     assert "Traceback" not in err
+
+
+def test_cli_status_of_a_missing_store_exits_1(tmp_path: Path) -> None:
+    env = {**os.environ, "RAG_STORE": str(tmp_path / "missing")}
+    for json_flag in ([], ["--json"]):
+        proc = _cli("status", *json_flag, env=env)
+        out, err = proc.communicate(timeout=300)
+        assert proc.returncode == 1, err
+        assert err.startswith("error: no index in") and err.strip().count("\n") == 0
+        if json_flag:
+            assert "no index in" in json.loads(out)["error"]  # the models' status too
+            assert "embed_model" in json.loads(out)

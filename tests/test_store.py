@@ -10,13 +10,14 @@ import re
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 
 import rag.store
 from rag.config import Settings
-from rag.store import Store, _private_client
+from rag.store import Store, StoreError, _private_client
 
 from .test_retrieve import text_chunk
 
@@ -119,3 +120,88 @@ def test_a_folder_that_failed_to_open_opens_once_repaired(tmp_path: Path) -> Non
         assert repaired.client.get_or_create_collection("probe", embedding_function=None)
     finally:
         repaired.close()
+
+
+# ------------------------------------------------------------------ a read-only store
+
+
+def _indexed_store(tmp_path: Path) -> Settings:
+    """A small store of two chunks, with the manifest naming them, then closed."""
+    settings = Settings.from_env(store_dir=tmp_path / "store")
+    writer = Store(settings, "test-embedder")
+    try:
+        chunks = [text_chunk(f"c{i}", f"Chunk number {i}.", "en") for i in range(2)]
+        writer.upsert(chunks, np.eye(2, 4, dtype=np.float32) + 0.1)
+        writer.manifest.mark_pending([(c.path, c.chunk_id, [c.chunk_id]) for c in chunks])
+        writer.manifest.mark_done([(c.path, c.chunk_id, [c.chunk_id], "en", "") for c in chunks])
+    finally:
+        writer.close()
+    return settings
+
+
+def _say_read_only(monkeypatch: pytest.MonkeyPatch, folder: Path) -> None:
+    """os.access answers as on a read-only mount of `folder` (as root, which these tests
+    may run as, chmod stops no write)."""
+    real = os.access
+
+    def access(path: Any, mode: int, *args: Any, **kwargs: Any) -> bool:
+        if mode & os.W_OK and Path(os.fsdecode(path)).is_relative_to(folder):
+            return False
+        return real(path, mode, *args, **kwargs)
+
+    monkeypatch.setattr(os, "access", access)
+
+
+def test_a_read_only_store_is_read_as_it_is(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings = _indexed_store(tmp_path)
+    _say_read_only(monkeypatch, settings.store_dir)
+    reader = Store(settings, "test-embedder", create=False)
+    try:
+        assert reader.manifest.read_only
+        assert set(reader.manifest.files()) == {"c0.txt", "c1.txt"}
+        assert reader.manifest.chunk_count() == reader.count() == 2
+        with pytest.raises(StoreError, match=r"cannot write to the store folder .*\(read-only\)"):
+            reader.manifest.forget(["c0.txt"])
+    finally:
+        reader.close()
+
+
+def test_a_read_only_store_chroma_cannot_open_is_not_called_damaged(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings = _indexed_store(tmp_path)
+    _say_read_only(monkeypatch, settings.store_dir)
+
+    def chromadb_on_a_read_only_folder(path: Path) -> None:
+        raise RuntimeError("error returned from database: attempt to write a readonly database")
+
+    monkeypatch.setattr(rag.store, "_private_client", chromadb_on_a_read_only_folder)
+    reader = Store(settings, "test-embedder", create=False)
+    try:
+        with pytest.raises(StoreError) as caught:
+            reader.count()
+    finally:
+        reader.close()
+    message = str(caught.value)
+    assert "cannot be opened read-only" in message and "writable" in message
+    assert "--rebuild" not in message and "damaged" not in message
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes through chmod")
+def test_a_store_folder_without_write_permission_is_read(tmp_path: Path) -> None:
+    settings = _indexed_store(tmp_path)
+    folders = [settings.store_dir, *settings.store_dir.rglob("*")]
+    for path in folders:
+        path.chmod(path.stat().st_mode & ~0o222)
+    try:
+        reader = Store(settings, "test-embedder", create=False)
+        try:
+            assert reader.manifest.read_only
+            assert set(reader.manifest.files()) == {"c0.txt", "c1.txt"}
+        finally:
+            reader.close()
+    finally:
+        for path in folders:
+            path.chmod(path.stat().st_mode | 0o200)

@@ -28,7 +28,8 @@ from rag.config import Settings
 from rag.engine import Engine
 from rag.indexer import index_folder
 from rag.models import embedder_identity
-from rag.store import Store
+from rag.records import UserError
+from rag.store import Store, StoreError
 from rag.watch import Watcher, WatchEvent, describe
 
 from .conftest import ROOT, SEEDS
@@ -166,8 +167,9 @@ def test_bad_files_are_logged_once_and_the_watcher_goes_on(watcher: RunningWatch
     assert watcher.found("Vextrano lighthouse", "later.txt")
 
 
+@pytest.mark.parametrize("kind", [RuntimeError, StoreError])
 def test_an_exception_in_a_round_is_logged_and_the_watcher_goes_on(
-    tmp_path: Path, embedder, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, embedder, monkeypatch: pytest.MonkeyPatch, kind: type[Exception]
 ) -> None:
     settings = Settings.from_env(docs_dir=small_corpus(tmp_path / "docs"), store_dir=tmp_path / "s")
     run_index(settings, embedder)
@@ -176,7 +178,7 @@ def test_an_exception_in_a_round_is_logged_and_the_watcher_goes_on(
     def flaky(*args: object, **kwargs: object):  # type: ignore[no-untyped-def]
         calls.append(1)
         if len(calls) == 2:
-            raise RuntimeError("disk on fire\nsecond line")
+            raise kind("disk on fire\nsecond line")
         return index_folder(*args, **kwargs)  # type: ignore[arg-type]
 
     monkeypatch.setattr(watch_module, "index_folder", flaky)
@@ -197,6 +199,43 @@ def test_an_exception_in_a_round_is_logged_and_the_watcher_goes_on(
     errors = [e.line() for e in events if e.event == "error"]
     assert len(errors) == 1 and re.fullmatch(r"\d\d:\d\d:\d\d error: disk on fire", errors[0])
     assert [e.line()[9:] for e in events if e.path == "after.txt"] == ["added after.txt (1 chunk)"]
+
+
+def test_watch_docs_path_that_is_a_file_is_not_a_folder(tmp_path: Path) -> None:
+    afile = tmp_path / "afile.txt"
+    afile.write_text("Hanoi.", encoding="utf-8")
+    settings = Settings.from_env(docs_dir=afile, store_dir=tmp_path / "store")
+    with pytest.raises(UserError, match="is not a folder"):
+        Watcher(settings, lambda event: None).run(threading.Event())
+    assert not settings.store_dir.exists()
+
+
+def test_watch_of_another_folder_than_the_stores_stops(tmp_path: Path, embedder) -> None:
+    settings = Settings.from_env(docs_dir=small_corpus(tmp_path / "docs"), store_dir=tmp_path / "s")
+    run_index(settings, embedder)
+    other = Settings.from_env(docs_dir=small_corpus(tmp_path / "other"), store_dir=tmp_path / "s")
+    events: list[WatchEvent] = []
+    with pytest.raises(UserError, match="indexes the documents folder"):
+        Watcher(other, events.append, lambda: embedder).run(threading.Event())
+    assert events == []
+    assert_consistent(settings)
+
+
+def test_cli_watch_exits_1_when_its_first_round_fails_on_a_user_error(tmp_path: Path) -> None:
+    docs, storefile = small_corpus(tmp_path / "docs"), tmp_path / "storefile"
+    storefile.write_text("mine", encoding="utf-8")
+    proc = subprocess.run(
+        [sys.executable, "-m", "rag.cli", "watch", "--docs", str(docs), "--store", str(storefile)],
+        env={**os.environ, "RAG_SERVER": "off"},
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,  # it used to retry every 5 s forever
+    )
+    assert proc.returncode == 1, proc.stderr
+    assert proc.stderr == f"error: the store folder {storefile} is a file; choose another --store\n"
+    assert proc.stdout == ""
+    assert storefile.read_text(encoding="utf-8") == "mine"
 
 
 def test_folder_deleted_and_made_again(watcher: RunningWatcher) -> None:
