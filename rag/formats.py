@@ -70,7 +70,16 @@ def open_zip(raw: bytes, kind: str) -> zipfile.ZipFile:
     return archive
 
 
+# Errors that say where a parser tripped over malformed content, not what is wrong
+# with the file ("'_Element' object has no attribute 'overrides'"): not shown.
+_PARSER_INTERNALS = (AttributeError, TypeError, KeyError, IndexError, AssertionError, NameError)
+
+
 def corrupt(kind: str, exc: BaseException) -> IngestError:
+    """A file the parser could not read: its message when it names the problem (a bad
+    CRC, a truncated stream), else a reader's words."""
+    if isinstance(exc, _PARSER_INTERNALS):
+        return IngestError(f"corrupt {kind} file (its content is not laid out as a {kind} file)")
     return IngestError(f"corrupt {kind} file ({one_line(exc, REASON_CHARS)})")
 
 

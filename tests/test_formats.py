@@ -641,3 +641,16 @@ def test_semicolon_csv_and_markdown_code_blocks(tmp_path: Path) -> None:
     (tmp_path / "a.md").write_text("# Top\n```\n# not a heading\n```\nText.\n", encoding="utf-8")
     doc = read_document(tmp_path / "a.md", tmp_path, 10_000_000)
     assert {where.section for where in doc.locations} == {"Top"}
+
+
+def test_a_pptx_with_malformed_parts_is_named_corrupt_without_parser_internals(
+    tmp_path: Path,
+) -> None:
+    # the content-types root in no namespace: python-pptx trips over it with an
+    # AttributeError, whose text says nothing to a reader
+    make_pptx(tmp_path / "deck.pptx", [("Plan", "Build the pier in May.")])
+    _replace_part(tmp_path / "deck.pptx", "[Content_Types].xml", "<Types/>")
+    with pytest.raises(IngestError) as caught:
+        read_document(tmp_path / "deck.pptx", tmp_path, 10_000_000)
+    assert str(caught.value).startswith("corrupt .pptx file (")
+    assert "object" not in str(caught.value) and "attribute" not in str(caught.value)
