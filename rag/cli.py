@@ -11,7 +11,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from rag.config import ConfigError, Settings, debug_enabled
+from rag.config import LLM_BACKENDS, ConfigError, Settings, debug_enabled
 from rag.records import UserError, one_line
 
 EXIT_USER_ERROR = 1
@@ -228,6 +228,8 @@ def cmd_chat(args: argparse.Namespace) -> int:
         ).start()
     with contextlib.suppress(AttributeError, ValueError):  # not a text stream: leave it
         sys.stdin.reconfigure(errors="surrogateescape")  # type: ignore[union-attr]
+    if answerer.engine is not None:
+        answerer.engine.store()  # no index: one line and exit 1 now, not at every question
     print("Ask about your documents (empty line or Ctrl-D to quit).")
     while True:
         try:
@@ -364,7 +366,7 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "ask":
             p.add_argument("question")
         store_arg(p)
-        p.add_argument("--llm", choices=["local", "openai", "none"], help="RAG_LLM, default local")
+        p.add_argument("--llm", choices=LLM_BACKENDS, help="RAG_LLM, default local")
         p.add_argument("-k", type=_passages, help="number of passages (RAG_TOP_K, default 5)")
     p = command("watch", cmd_watch, "Watch the documents folder and index changes as they come.")
     p.add_argument("--docs", type=Path, help="documents folder (RAG_DOCS, default seeds/)")
@@ -376,11 +378,11 @@ def build_parser() -> argparse.ArgumentParser:
     store_arg(p)
     p.add_argument("--host", help="address to bind (RAG_SERVE_HOST, default 127.0.0.1)")
     p.add_argument("--port", type=int, help="port (RAG_SERVE_PORT, default 8765; 0: any free)")
-    p.add_argument("--llm", choices=["local", "openai", "none"], help="RAG_LLM, default local")
+    p.add_argument("--llm", choices=LLM_BACKENDS, help="RAG_LLM, default local")
     p = command("eval", cmd_eval, "Run a golden Q&A file (JSON Lines) and score the answers.")
     p.add_argument("file", type=Path, help="golden file, e.g. tests/qa/golden.jsonl")
     store_arg(p)
-    p.add_argument("--llm", choices=["local", "openai", "none"], help="RAG_LLM, default local")
+    p.add_argument("--llm", choices=LLM_BACKENDS, help="RAG_LLM, default local")
     p.add_argument("-k", type=_passages, help="number of passages (RAG_TOP_K, default 5)")
     p.add_argument("--report", type=Path, help="write the full JSON report here")
     p.add_argument("--junit", type=Path, help="write JUnit XML here")

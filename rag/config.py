@@ -29,6 +29,7 @@ OFFICE_EXTENSIONS = (".pptx", ".xlsx", ".csv", ".odt", ".rtf", ".epub", ".eml")
 SUPPORTED_EXTENSIONS = (
     (".txt", ".md", ".pdf", ".docx", ".html", ".htm") + OCR_IMAGE_EXTENSIONS + OFFICE_EXTENSIONS
 )
+LLM_BACKENDS = ("local", "openai", "none")  # rag.llm's backends, by name
 LLM_REPACK = ("auto", "on", "off")
 FOLLOWUP_REWRITE = ("rules", "llm")
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -142,7 +143,7 @@ class Settings:
                 "followup_rewrite", str(values["followup_rewrite"]), FOLLOWUP_REWRITE
             )
         if "llm" in values:
-            values["llm"] = str(values["llm"]).strip().lower()
+            values["llm"] = _choice("llm", str(values["llm"]), LLM_BACKENDS)
         if "answer_language" in values:
             values["answer_language"] = _answer_language(str(values["answer_language"]))
         for name, value in values.items():

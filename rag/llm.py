@@ -16,12 +16,12 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from rag.config import Settings
+from rag.config import LLM_BACKENDS, Settings
 from rag.cpu import cpu_flags, repacks_weights
 from rag.records import UserError, one_line
 from rag.tuning import LLM_REPEAT_PENALTY, LLM_SEED, LLM_TEMPERATURE, LLM_TOP_P
 
-BACKENDS = ("local", "openai", "none")
+BACKENDS = LLM_BACKENDS
 # RAG_CONTEXT_TOKENS=auto: the source budget (cl100k tokens, about as many as Qwen's)
 # before the local model's prompt speed is measured (280 gave a 3.0 s first token on an
 # AVX2 build with 2 cores, bench/query.py), its bounds, and the prompt tokens that are

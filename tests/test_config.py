@@ -73,9 +73,14 @@ def test_a_choice_setting_takes_one_of_its_words_in_any_case(
         Settings.from_env()
 
 
-def test_a_backend_name_is_read_in_any_case(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_backend_name_is_read_in_any_case_and_checked_at_start(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     monkeypatch.setenv("RAG_LLM", "NONE")
     assert Settings.from_env().llm == "none"
+    monkeypatch.setenv("RAG_LLM", "bogus")  # not only at the first question's answer
+    with pytest.raises(ConfigError, match="RAG_LLM='bogus' must be one of: local, openai, none"):
+        Settings.from_env()
 
 
 @pytest.mark.parametrize(

@@ -416,6 +416,14 @@ def test_cli_index_search_status_json(docs: Path, tmp_path: Path) -> None:
         env=env, cwd=ROOT, capture_output=True, timeout=600,
     )  # fmt: skip
     assert raw.returncode == 0 and json.loads(raw.stdout)[0]["rank"] == 1, raw.stderr
+    # rag chat: a question, its follow-up, and a line of bytes that are not UTF-8
+    chat = subprocess.run(
+        [sys.executable, "-m", "rag.cli", "chat", "--llm", "none"],
+        input=b"How many innovative startups does Dong Nai have?\nAnd Quang Ninh?\n\xff\xfe?\n",
+        env=env, cwd=ROOT, capture_output=True, timeout=600,
+    )  # fmt: skip
+    assert chat.returncode == 0 and b"Traceback" not in chat.stderr, chat.stderr
+    assert chat.stdout.count(b"\n> ") == 4 and b"90" in chat.stdout
 
 
 @pytest.mark.parametrize(
@@ -424,6 +432,7 @@ def test_cli_index_search_status_json(docs: Path, tmp_path: Path) -> None:
         (("search", "?!"), "error: the question has no words or numbers to search for"),
         (("ask", "🤔🔥", "--llm", "none"), "error: the question has no words or numbers"),
         (("search", "Dong Nai", "-k", "0"), "argument -k: 0 passages find nothing"),
+        (("chat", "--llm", "none"), "error: no index in"),  # at once, not at each question
         (("eval", "tests/qa/golden.jsonl", "--report", "/nonexistent/r.json"),
          "error: --report /nonexistent/r.json: the folder /nonexistent does not exist"),
     ],
